@@ -1,0 +1,1 @@
+"""ctphase backend: API, domain services and the ML core (``backend.ml``)."""

@@ -1,0 +1,1 @@
+"""Everything Label Studio facing: label config, SDK client, project bootstrap CLI."""
