@@ -1,0 +1,162 @@
+"""Slice probabilities -> one phase per series.
+
+The network is trained one-vs-rest (a sigmoid per class), so a slice's four probabilities need not sum to 1.
+
+- ``majority`` (the paper): each slice votes for its arg-max class; the series takes the class with most votes.
+  Ties between classes are broken by the higher mean probability, then by the lower class index.
+  ``confidence`` is the winning vote fraction; ``entropy`` is that of the vote distribution.
+- ``mean``: average each class's probability over the slices, normalise the four means to sum 1, take the arg-max.
+  ``confidence`` is the winning normalised mean probability; ``entropy`` is that of the normalised means.
+
+``entropy`` is the Shannon entropy divided by ``log(4)``, so it lies in [0, 1]: 0 when one class takes everything,
+1 for a uniform distribution. ``margin`` is top-1 minus top-2 of the same distribution (votes or means).
+Both ``vote_fractions`` and ``mean_probabilities`` are always filled, whatever the method.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Literal, TypeAlias
+
+import numpy as np
+
+from backend.ml.phases import N_PHASES, PHASES, Phase
+
+VotingMethod: TypeAlias = Literal["majority", "mean"]
+VOTING_METHODS: tuple[VotingMethod, ...] = ("majority", "mean")
+
+
+@dataclass(frozen=True)
+class SeriesVote:
+    """The series-level decision.
+
+    Attributes:
+        phase: the winning phase.
+        confidence: winning vote fraction (majority) or winning normalised mean probability (mean), in [0, 1].
+        vote_fractions: per phase (order of ``PHASES``), share of slices whose arg-max is that phase; sums to 1.
+        mean_probabilities: per phase, mean sigmoid probability over slices, normalised to sum 1.
+        entropy: normalised Shannon entropy in [0, 1] of the distribution the method decides on.
+        margin: top-1 minus top-2 of that distribution, in [0, 1].
+        n_slices_read: number of slices that voted.
+    """
+
+    phase: Phase
+    confidence: float
+    vote_fractions: tuple[float, ...]
+    mean_probabilities: tuple[float, ...]
+    entropy: float
+    margin: float
+    n_slices_read: int
+
+
+def check_probabilities(slice_probs: np.ndarray) -> np.ndarray:
+    """Validate slice probabilities and return them as float64 ``[n, 4]``.
+
+    Raises:
+        ValueError: wrong shape, no slices, or values that are not finite probabilities in [0, 1].
+    """
+    probs = np.asarray(slice_probs, dtype=np.float64)
+    if probs.ndim != 2 or probs.shape[1] != N_PHASES:
+        raise ValueError(f"slice_probs must have shape [n, {N_PHASES}], got {list(probs.shape)}")
+    if probs.shape[0] == 0:
+        raise ValueError("cannot vote on zero slices")
+    if not np.all(np.isfinite(probs)):
+        raise ValueError("slice_probs contains NaN or infinite values")
+    if probs.min() < 0.0 or probs.max() > 1.0:
+        raise ValueError(f"slice_probs must lie in [0, 1], got range [{probs.min():.4g}, {probs.max():.4g}]")
+    return probs
+
+
+def normalised_entropy(distribution: np.ndarray) -> float:
+    """Shannon entropy of a distribution over the phases divided by ``log(N_PHASES)``; 0 <= result <= 1.
+
+    Args:
+        distribution: float [4], non-negative, summing to 1.
+    """
+    p = distribution[distribution > 0]
+    value = float(-(p * np.log(p)).sum() / math.log(N_PHASES))
+    return min(1.0, max(0.0, value))
+
+
+def normalised_means(probs: np.ndarray) -> np.ndarray:
+    """Per-class mean probability over slices, normalised to sum 1 (uniform if every probability is 0).
+
+    Args:
+        probs: float64 [n, 4] slice probabilities.
+
+    Returns:
+        float64 [4].
+    """
+    means = probs.mean(axis=0)
+    total = means.sum()
+    if total <= 0.0:
+        return np.full(N_PHASES, 1.0 / N_PHASES)
+    return np.asarray(means / total, dtype=np.float64)
+
+
+def majority_winner(probs: np.ndarray) -> int:
+    """Class index chosen by the paper's majority vote, ties broken by mean probability then lower index.
+
+    Args:
+        probs: float [n, 4] slice probabilities (validated by the caller).
+    """
+    counts = np.bincount(probs.argmax(axis=1), minlength=N_PHASES)
+    tied = np.flatnonzero(counts == counts.max())
+    if tied.size == 1:
+        return int(tied[0])
+    means = probs.mean(axis=0)
+    return int(tied[np.argmax(means[tied])])  # argmax takes the first (lowest index) on an exact tie
+
+
+def _top_margin(distribution: np.ndarray) -> float:
+    top2 = np.sort(distribution)[-2:]
+    return float(top2[1] - top2[0])
+
+
+def vote(slice_probs: np.ndarray, *, method: VotingMethod = "majority") -> SeriesVote:
+    """Combine slice probabilities into a series decision.
+
+    Args:
+        slice_probs: float [n, 4] per-slice sigmoid probabilities in [0, 1], columns in ``PHASES`` order.
+        method: ``"majority"`` (the paper's vote over per-slice arg-max) or ``"mean"`` (arg-max of mean probability).
+
+    Returns:
+        The :class:`SeriesVote`.
+
+    Raises:
+        ValueError: invalid probabilities or unknown method.
+    """
+    if method not in VOTING_METHODS:
+        raise ValueError(f"unknown voting method {method!r}; expected one of {', '.join(VOTING_METHODS)}")
+    probs = check_probabilities(slice_probs)
+    n = probs.shape[0]
+    fractions = np.bincount(probs.argmax(axis=1), minlength=N_PHASES) / n
+    means = normalised_means(probs)
+    if method == "majority":
+        winner = majority_winner(probs)
+        decided_on = fractions
+    else:
+        winner = int(np.argmax(means))
+        decided_on = means
+    return SeriesVote(
+        phase=PHASES[winner],
+        confidence=float(decided_on[winner]),
+        vote_fractions=tuple(float(x) for x in fractions),
+        mean_probabilities=tuple(float(x) for x in means),
+        entropy=normalised_entropy(decided_on),
+        margin=_top_margin(decided_on),
+        n_slices_read=n,
+    )
+
+
+def vote_label(slice_probs: np.ndarray, *, method: VotingMethod = "majority") -> int:
+    """Only the winning class index of :func:`vote`, without validation (hot loop of the evaluation's R sweep).
+
+    Args:
+        slice_probs: float [n, 4], n >= 1, already validated.
+        method: as in :func:`vote`.
+    """
+    if method == "majority":
+        return majority_winner(slice_probs)
+    return int(np.argmax(slice_probs.mean(axis=0)))
