@@ -99,6 +99,13 @@ class Settings(BaseSettings):
     train_preset: str | None = None
     train_epochs: int = Field(default=15, ge=1)
     reconcile_interval_s: float = Field(default=300.0, gt=0)
+    job_heartbeat_timeout_s: float = Field(
+        default=120.0, gt=0, description="a running job silent this long is failed as 'worker lost'"
+    )
+    job_time_limit_s: float = Field(
+        default=6 * 3600.0, gt=0, description="longest training job; Celery time limits and visibility timeout"
+    )
+    holdout_fraction: float = Field(default=0.2, gt=0.0, lt=1.0, description="share of studies held out")
     preview_dir: Path = Path("./ctphase-data/previews")
 
     @field_validator("dicom_roots", "series_fetch_hosts", mode="before")
