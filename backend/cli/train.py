@@ -1,0 +1,76 @@
+"""``ctphase train DATA_DIR --labels labels.csv --out MODEL_DIR``: train a slice network and write a model artifact."""
+
+from __future__ import annotations
+
+import argparse
+
+
+def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    """Add the ``train`` subcommand."""
+    parser = subparsers.add_parser(
+        "train",
+        help="train a slice network on labelled DICOM series",
+        description=(
+            "Train the 2D slice network on the labelled series under DATA_DIR (split train/validation by study), "
+            "keep the epoch with the best series-level validation macro F1, and write MODEL_DIR atomically "
+            "(model.safetensors + manifest.json)."
+        ),
+    )
+    parser.add_argument("data_dir", type=str, metavar="DATA_DIR", help="folder tree holding the DICOM series")
+    parser.add_argument(
+        "--labels",
+        type=str,
+        default=None,
+        help="CSV with series_instance_uid,phase columns (default: DATA_DIR/labels.csv)",
+    )
+    parser.add_argument("--out", type=str, required=True, help="model folder to create (must not exist)")
+    parser.add_argument("--preset", choices=("cpu", "paper"), default=None, help="default: paper on CUDA, else cpu")
+    parser.add_argument("--epochs", type=int, default=None, help="default: the preset's")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--batch-size", type=int, default=None, help="default: the preset's")
+    parser.add_argument("--lr", type=float, default=None, help="peak learning rate (default: the preset's)")
+    parser.add_argument("--slices-per-series", type=int, default=None, help="slices per series per epoch")
+    parser.add_argument("--val-fraction", type=float, default=0.2, help="fraction of studies held out")
+    parser.add_argument("--device", type=str, default="auto", help="auto, cpu, cuda or cuda:N")
+    parser.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
+    parser.add_argument("--cache-dir", type=str, default=None, help="decoded slice cache (default: beside --out)")
+    parser.add_argument("--init-from", type=str, default=None, help="warm start from this model folder")
+    parser.add_argument("--no-progress", action="store_true", help="no progress bar")
+    parser.set_defaults(func=_run)
+
+
+def _run(args: argparse.Namespace) -> int:
+    import logging
+    from pathlib import Path
+
+    from backend.ml.train import TrainConfig, build_train_config, load_labeled_series, run_training_cli
+
+    log = logging.getLogger("ctphase.train")
+    data_dir = Path(args.data_dir)
+    labels = Path(args.labels) if args.labels else data_dir / "labels.csv"
+    out = Path(args.out)
+    for path, what in ((data_dir, "DATA_DIR"), (labels, "--labels")):
+        if not path.exists():
+            print(f"ctphase train: {what} {path}: no such file or folder")
+            return 2
+    if out.exists():
+        print(f"ctphase train: --out {out} already exists; choose a new folder (models are never overwritten)")
+        return 2
+    config: TrainConfig = build_train_config(
+        preset=args.preset,
+        epochs=args.epochs,
+        seed=args.seed,
+        batch_size=args.batch_size,
+        lr=args.lr,
+        slices_per_series=args.slices_per_series,
+        val_fraction=args.val_fraction,
+        device=args.device,
+        threads=args.threads,
+        cache_dir=Path(args.cache_dir) if args.cache_dir else None,
+        show_progress=not args.no_progress,
+    )
+    examples = load_labeled_series(data_dir, labels)
+    log.info("training on %d labelled series with preset %s", len(examples), config.preset)
+    return run_training_cli(
+        examples, out_dir=out, config=config, init_from=Path(args.init_from) if args.init_from else None
+    )
