@@ -16,6 +16,7 @@ import hashlib
 import math
 
 import numpy as np
+from numpy.typing import NDArray
 
 DEFAULT_FRACTION = 0.3
 """The paper's R: the share of a series' slices that is read and classified."""
@@ -68,7 +69,7 @@ def sample_indices(
     fraction: float = DEFAULT_FRACTION,
     min_slices: int = DEFAULT_MIN_SLICES,
     repeat: int = 0,
-) -> np.ndarray:
+) -> NDArray[np.int64]:
     """Pick the slices of a series to decode.
 
     Args:

@@ -17,9 +17,10 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Literal, TypeAlias
+from typing import Any, Literal, TypeAlias
 
 import numpy as np
+from numpy.typing import NDArray
 
 from backend.ml.phases import N_PHASES, PHASES, Phase
 
@@ -50,7 +51,7 @@ class SeriesVote:
     n_slices_read: int
 
 
-def check_probabilities(slice_probs: np.ndarray) -> np.ndarray:
+def check_probabilities(slice_probs: NDArray[Any]) -> NDArray[Any]:
     """Validate slice probabilities and return them as float64 ``[n, 4]``.
 
     Raises:
@@ -68,7 +69,7 @@ def check_probabilities(slice_probs: np.ndarray) -> np.ndarray:
     return probs
 
 
-def normalised_entropy(distribution: np.ndarray) -> float:
+def normalised_entropy(distribution: NDArray[Any]) -> float:
     """Shannon entropy of a distribution over the phases divided by ``log(N_PHASES)``; 0 <= result <= 1.
 
     Args:
@@ -79,7 +80,7 @@ def normalised_entropy(distribution: np.ndarray) -> float:
     return min(1.0, max(0.0, value))
 
 
-def normalised_means(probs: np.ndarray) -> np.ndarray:
+def normalised_means(probs: NDArray[Any]) -> NDArray[Any]:
     """Per-class mean probability over slices, normalised to sum 1 (uniform if every probability is 0).
 
     Args:
@@ -95,7 +96,7 @@ def normalised_means(probs: np.ndarray) -> np.ndarray:
     return np.asarray(means / total, dtype=np.float64)
 
 
-def majority_winner(probs: np.ndarray) -> int:
+def majority_winner(probs: NDArray[Any]) -> int:
     """Class index chosen by the paper's majority vote, ties broken by mean probability then lower index.
 
     Args:
@@ -109,12 +110,12 @@ def majority_winner(probs: np.ndarray) -> int:
     return int(tied[np.argmax(means[tied])])  # argmax takes the first (lowest index) on an exact tie
 
 
-def _top_margin(distribution: np.ndarray) -> float:
+def _top_margin(distribution: NDArray[Any]) -> float:
     top2 = np.sort(distribution)[-2:]
     return float(top2[1] - top2[0])
 
 
-def vote(slice_probs: np.ndarray, *, method: VotingMethod = "majority") -> SeriesVote:
+def vote(slice_probs: NDArray[Any], *, method: VotingMethod = "majority") -> SeriesVote:
     """Combine slice probabilities into a series decision.
 
     Args:
@@ -150,7 +151,7 @@ def vote(slice_probs: np.ndarray, *, method: VotingMethod = "majority") -> Serie
     )
 
 
-def vote_label(slice_probs: np.ndarray, *, method: VotingMethod = "majority") -> int:
+def vote_label(slice_probs: NDArray[Any], *, method: VotingMethod = "majority") -> int:
     """Only the winning class index of :func:`vote`, without validation (hot loop of the evaluation's R sweep).
 
     Args:
