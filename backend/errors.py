@@ -127,3 +127,12 @@ class UnsafeArchiveError(FetchError):
     """A downloaded zip holds members that would escape the extraction folder or is too large once unpacked."""
 
     kind = "unsafe_archive"
+
+
+# --- serving --------------------------------------------------------------------------------------------------
+
+
+class ChampionUnavailableError(CtphaseError):
+    """The champion's artifact cannot be loaded (missing, corrupt, checksum mismatch): promote another version."""
+
+    kind = "champion_unavailable"
