@@ -68,7 +68,6 @@ def _run_predict(args: argparse.Namespace) -> int:
     import csv
     from pathlib import Path
 
-    import torch
     from tqdm import tqdm
 
     from backend.ml.dicom import scan
@@ -87,9 +86,7 @@ def _run_predict(args: argparse.Namespace) -> int:
     if not root.exists():
         print(f"ctphase predict: {root}: no such file or folder", file=sys.stderr)
         return 2
-    torch.set_num_threads(args.threads)
-    device = ("cuda" if torch.cuda.is_available() else "cpu") if args.device == "auto" else args.device
-    model = load_model(Path(args.model), device=device)
+    model = load_model(Path(args.model), device=args.device, threads=args.threads)
     found = scan(root)
     for skipped in found.skipped[:10]:
         print(f"skipped {skipped.path}: {skipped.reason}", file=sys.stderr)
