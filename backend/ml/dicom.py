@@ -67,6 +67,13 @@ _EXPLICIT_LE: Final = "1.2.840.10008.1.2.1"
 _RLE: Final = "1.2.840.10008.1.2.5"
 _ENCAPSULATED_PREFIX: Final = "1.2.840.10008.1.2.4."
 _DICOMDIR_SOP_CLASS: Final = "1.2.840.10008.1.3.10"
+_CT_SOP_CLASSES: Final[frozenset[str]] = frozenset(
+    {
+        "1.2.840.10008.5.1.4.1.1.2",  # CT Image Storage
+        "1.2.840.10008.5.1.4.1.1.2.1",  # Enhanced CT Image Storage
+        "1.2.840.10008.5.1.4.1.1.2.2",  # Legacy Converted Enhanced CT Image Storage
+    }
+)
 
 # Tags (group << 16 | element).
 _PIXEL_DATA: Final = 0x7FE00010
@@ -76,6 +83,7 @@ _ITEM_END: Final = 0xE00D
 _SEQUENCE_END: Final = 0xE0DD
 _MEDIA_SOP_CLASS: Final = 0x00020002
 _TRANSFER_SYNTAX: Final = 0x00020010
+_IMAGE_TYPE: Final = 0x00080008
 _SOP_CLASS: Final = 0x00080016
 _SOP_INSTANCE: Final = 0x00080018
 _ACQUISITION_TIME: Final = 0x00080032
@@ -94,6 +102,7 @@ _SHARED_GROUPS: Final = 0x52009229
 _PER_FRAME_GROUPS: Final = 0x52009230
 _WANTED: Final[frozenset[int]] = frozenset(
     {
+        _IMAGE_TYPE,
         _SOP_CLASS,
         _SOP_INSTANCE,
         _ACQUISITION_TIME,
@@ -135,6 +144,9 @@ class DicomReadError(Exception):
         reason: what is wrong, without the path.
     """
 
+    series_instance_uid: str | None = None
+    """The series the file belongs to, when its header told (lets :func:`scan` flag incomplete series)."""
+
     def __init__(self, path: Path | None, reason: str) -> None:
         self.path = path
         self.reason = reason
@@ -142,7 +154,7 @@ class DicomReadError(Exception):
 
 
 class NotCTError(DicomReadError):
-    """The file is DICOM but not a CT image (another modality, a DICOMDIR, a colour image, ...)."""
+    """The file is DICOM but not a CT slice: another modality or SOP class, a DICOMDIR, a colour image, a localizer."""
 
 
 class MissingPixelDataError(DicomReadError):
@@ -536,10 +548,14 @@ def _scan(root: Path) -> tuple[list[SeriesInfo], list[tuple[Path, DicomReadError
                 failures.append((path, error))
                 continue
             groups.setdefault(header.series_uid, []).append(header)
+        left_out: dict[str, list[tuple[Path, DicomReadError]]] = {}
+        for failed_path, failure in failures:
+            if failure.series_instance_uid in groups:
+                left_out.setdefault(failure.series_instance_uid, []).append((failed_path, failure))
         series: list[SeriesInfo] = []
         for uid, headers in groups.items():
             try:
-                series.append(_assemble(uid, headers))
+                series.append(_assemble(uid, headers, left_out=left_out.get(uid, [])))
             except DicomReadError as error:
                 failures.extend((h.path, error) for h in headers)
     series.sort(key=lambda s: (s.study_instance_uid, _none_last(s.metadata.series_number), s.series_instance_uid))
@@ -641,23 +657,31 @@ def _header_from_walk(path: Path, head: bytes, size: int) -> _FileHeader:
         if size > len(head):
             raise  # the header goes past the head: let pydicom read the file
         raise CorruptDicomError(path, f"truncated: the file ends inside its header ({size} bytes)") from None
-    modality = _text(values.get(_MODALITY))
-    _check_modality(path, modality)
+    _check_kind(
+        path,
+        modality=_text(values.get(_MODALITY)),
+        sop_class=_text(values.get(_SOP_CLASS)),
+        image_type=_text(values.get(_IMAGE_TYPE)),
+    )
     if _FRAMES in values:
         raise _WalkError("multi-frame")  # functional groups: pydicom
-    if pixel is None:
-        if size > len(head):
-            raise _WalkError("header longer than the head")
-        raise MissingPixelDataError(path, "no Pixel Data (7FE0,0010) element")
-    rows, columns = _us(values.get(_ROWS)), _us(values.get(_COLUMNS))
-    samples = _us(values.get(_SAMPLES)) or 1
-    bits = _us(values.get(_BITS_ALLOCATED)) or 0
-    rows, columns = _check_image(path, rows=rows, columns=columns, samples=samples, syntax=syntax)
-    if syntax in (_IMPLICIT_LE, _EXPLICIT_LE):
-        _check_native_length(path, pixel=pixel, size=size, expected=rows * columns * samples * bits // 8)
+    if pixel is None and size > len(head):
+        raise _WalkError("header longer than the head")
     series_uid = _text(values.get(_SERIES_UID))
-    if not series_uid:
-        raise CorruptDicomError(path, "no SeriesInstanceUID")
+    try:
+        if pixel is None:
+            raise MissingPixelDataError(path, "no Pixel Data (7FE0,0010) element")
+        rows, columns = _us(values.get(_ROWS)), _us(values.get(_COLUMNS))
+        samples = _us(values.get(_SAMPLES)) or 1
+        bits = _us(values.get(_BITS_ALLOCATED)) or 0
+        rows, columns = _check_image(path, rows=rows, columns=columns, samples=samples, syntax=syntax)
+        if syntax in (_IMPLICIT_LE, _EXPLICIT_LE):
+            _check_native_length(path, pixel=pixel, size=size, expected=rows * columns * samples * bits // 8)
+        if not series_uid:
+            raise CorruptDicomError(path, "no SeriesInstanceUID")
+    except DicomReadError as error:
+        error.series_instance_uid = series_uid or None
+        raise
     frame = _Frame(
         path=path,
         frame=None,
@@ -823,22 +847,30 @@ def _header_from_pydicom(path: Path, size: int, *, force: bool) -> _FileHeader:
     media_class = str(meta.get("MediaStorageSOPClassUID", "")) if meta is not None else ""
     if media_class == _DICOMDIR_SOP_CLASS or "DirectoryRecordSequence" in ds:
         raise NotCTError(path, "DICOMDIR (a media directory, not an image)")
-    _check_modality(path, _ds_text(ds, "Modality"))
-    if pixel is None:
-        raise MissingPixelDataError(path, "no Pixel Data (7FE0,0010) element")
-    syntax = _ds_syntax(ds)
-    rows, columns = _ds_int(ds, "Rows"), _ds_int(ds, "Columns")
-    samples = _ds_int(ds, "SamplesPerPixel") or 1
-    rows, columns = _check_image(path, rows=rows, columns=columns, samples=samples, syntax=syntax)
-    n_frames = _ds_int(ds, "NumberOfFrames")
-    decoder_native = syntax in (_IMPLICIT_LE, _EXPLICIT_LE, "1.2.840.10008.1.2.2")
-    if decoder_native:
-        bits = _ds_int(ds, "BitsAllocated") or 0
-        expected = rows * columns * samples * bits * max(n_frames or 1, 1) // 8
-        _check_native_length(path, pixel=pixel, size=size, expected=expected)
+    _check_kind(
+        path,
+        modality=_ds_text(ds, "Modality"),
+        sop_class=_ds_text(ds, "SOPClassUID"),
+        image_type=_ds_text(ds, "ImageType"),
+    )
     series_uid = _ds_text(ds, "SeriesInstanceUID")
-    if not series_uid:
-        raise CorruptDicomError(path, "no SeriesInstanceUID")
+    n_frames = _ds_int(ds, "NumberOfFrames")
+    try:
+        if pixel is None:
+            raise MissingPixelDataError(path, "no Pixel Data (7FE0,0010) element")
+        syntax = _ds_syntax(ds)
+        rows, columns = _ds_int(ds, "Rows"), _ds_int(ds, "Columns")
+        samples = _ds_int(ds, "SamplesPerPixel") or 1
+        rows, columns = _check_image(path, rows=rows, columns=columns, samples=samples, syntax=syntax)
+        if syntax in (_IMPLICIT_LE, _EXPLICIT_LE, "1.2.840.10008.1.2.2"):
+            bits = _ds_int(ds, "BitsAllocated") or 0
+            expected = rows * columns * samples * bits * max(n_frames or 1, 1) // 8
+            _check_native_length(path, pixel=pixel, size=size, expected=expected)
+        if not series_uid:
+            raise CorruptDicomError(path, "no SeriesInstanceUID")
+    except DicomReadError as error:
+        error.series_instance_uid = series_uid or None
+        raise
     header = _FileHeader(path=path, series_uid=series_uid, study_uid=_ds_text(ds, "StudyInstanceUID"))
     header.frames = _frames_of(ds, path, rows=rows, columns=columns, n_frames=n_frames)
     return header
@@ -907,9 +939,16 @@ def _frames_of(ds: Any, path: Path, *, rows: int, columns: int, n_frames: int | 
     return frames
 
 
-def _check_modality(path: Path, modality: str) -> None:
+def _check_kind(path: Path, *, modality: str, sop_class: str, image_type: str) -> None:
+    """Refuse anything but CT slices: other modalities, other SOP classes (when given), localizers (scouts)."""
     if modality != "CT":
         raise NotCTError(path, f"modality {modality!r} is not CT" if modality else "no Modality: not a CT image")
+    if sop_class and sop_class not in _CT_SOP_CLASSES:
+        from pydicom.uid import UID
+
+        raise NotCTError(path, f"SOP class {UID(sop_class).name} is not a CT image storage class")
+    if "LOCALIZER" in image_type.upper().split("\\"):
+        raise NotCTError(path, f"CT localizer (scout) image (ImageType {image_type}), not a cross-sectional slice")
 
 
 def _check_image(path: Path, *, rows: int | None, columns: int | None, samples: int, syntax: str) -> tuple[int, int]:
@@ -961,9 +1000,18 @@ def _decoder_problem(syntax: str) -> str:
 # ---------------------------------------------------------------------------------------------- assembly
 
 
-def _assemble(series_uid: str, headers: list[_FileHeader]) -> SeriesInfo:
-    """Deduplicate, check and sort the frames of one series; read its metadata from one file."""
+def _assemble(
+    series_uid: str, headers: list[_FileHeader], *, left_out: list[tuple[Path, DicomReadError]]
+) -> SeriesInfo:
+    """Deduplicate, check and sort the frames of one series; read its metadata from one file.
+
+    ``left_out`` are files of this series skipped during discovery: they are reported in the problems.
+    """
     problems: list[str] = []
+    if left_out:
+        listed = "; ".join(f"{p.name}: {e.reason}" for p, e in left_out[:_MAX_LISTED])
+        more = f" and {len(left_out) - _MAX_LISTED} more" if len(left_out) > _MAX_LISTED else ""
+        problems.append(f"{len(left_out)} file(s) of this series skipped ({listed}{more})")
     frames = _dedupe([f for h in sorted(headers, key=lambda h: h.path) for f in h.frames], problems)
     frames = _common_size(frames, problems)
     _check_orientation(series_uid, frames, folder=_common_folder(headers))
