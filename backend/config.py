@@ -108,6 +108,20 @@ class Settings(BaseSettings):
     holdout_fraction: float = Field(default=0.2, gt=0.0, lt=1.0, description="share of studies held out")
     preview_dir: Path = Path("./ctphase-data/previews")
 
+    # --- Label Studio project bootstrap and previews (ctphase ls init / import, plugin/) ---------------------------
+    label_studio_project: str = Field(
+        default="CT contrast phase", min_length=1, description="project title (created by `ctphase ls init`) or id"
+    )
+    ml_backend_url: str | None = Field(
+        default=None, description="this backend's base URL as Label Studio reaches it, e.g. http://api:9090"
+    )
+    label_studio_files_root: Path | None = Field(
+        default=None, description="Label Studio's LOCAL_FILES_DOCUMENT_ROOT as Label Studio sees it (previews)"
+    )
+    label_studio_preview_dir: Path | None = Field(
+        default=None, description="preview_dir as Label Studio sees it (default: preview_dir, same machine)"
+    )
+
     @field_validator("dicom_roots", "series_fetch_hosts", mode="before")
     @classmethod
     def _lists_from_text(cls, value: Any) -> Any:
