@@ -106,6 +106,7 @@ class Settings(BaseSettings):
         default=6 * 3600.0, gt=0, description="longest training job; Celery time limits and visibility timeout"
     )
     holdout_fraction: float = Field(default=0.2, gt=0.0, lt=1.0, description="share of studies held out")
+    train_warm_start: bool = Field(default=True, description="start retraining from the champion's weights")
     preview_dir: Path = Path("./ctphase-data/previews")
 
     # --- Label Studio project bootstrap and previews (ctphase ls init / import, plugin/) ---------------------------
