@@ -38,6 +38,7 @@ from backend.errors import (
 from backend.inference import InferenceService
 from backend.logging import configure_logging, new_request_id, request_id_var
 from backend.metrics import ServiceMetrics
+from backend.previews import preview_router
 from backend.registry import ModelCache
 from backend.resolve import SeriesResolver
 
@@ -225,6 +226,7 @@ def create_app(
     app.include_router(ls_router)
     app.include_router(admin_router)
     app.include_router(ops_router)
+    app.include_router(preview_router(settings))
     _install_error_handlers(app, metrics)
     app.add_middleware(RequestContextMiddleware, metrics=metrics)
     return app

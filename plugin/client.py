@@ -40,7 +40,7 @@ logger = logging.getLogger(__name__)
 DEFAULT_TIMEOUT_S: Final[float] = 60.0
 
 
-class LabelStudioNotConfiguredError(GatewayError):
+class LabelStudioSettingsMissingError(GatewayError):
     """CTPHASE_LABEL_STUDIO_URL or CTPHASE_LABEL_STUDIO_API_KEY is missing."""
 
     kind = "label_studio_not_configured"
@@ -50,10 +50,10 @@ def connect(settings: Settings, *, timeout_s: float = DEFAULT_TIMEOUT_S) -> Labe
     """Return an SDK client for the Label Studio named in ``settings`` (legacy token or personal access token).
 
     Raises:
-        LabelStudioNotConfiguredError: the URL or the API key is not set.
+        LabelStudioSettingsMissingError: the URL or the API key is not set.
     """
     if settings.label_studio_url is None or settings.label_studio_api_key is None:
-        raise LabelStudioNotConfiguredError(
+        raise LabelStudioSettingsMissingError(
             "set CTPHASE_LABEL_STUDIO_URL (e.g. http://127.0.0.1:8080) and CTPHASE_LABEL_STUDIO_API_KEY "
             "(Label Studio > Account & Settings > Access token)"
         )
