@@ -18,20 +18,24 @@ Facts about Label Studio 1.23.2 this module relies on (each checked by tests/e2e
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Final
+from functools import partial
+from typing import TYPE_CHECKING, Any, Final, TypeVar
 
+import httpx
 from label_studio_sdk import LabelStudio
 from label_studio_sdk.core.api_error import ApiError
 from label_studio_sdk.types.import_api_request import ImportApiRequest
 
-from backend.gateway import GatewayError
+from backend.gateway import GatewayError, LsAnnotation, LsTask, parse_annotation
 
 if TYPE_CHECKING:
     from backend.config import Settings
 
 logger = logging.getLogger(__name__)
+
+_T = TypeVar("_T")
 
 # ====================================================================================================================
 # 1. Connection
@@ -405,3 +409,107 @@ def _require_id(value: int | None, what: str) -> int:
 # ====================================================================================================================
 # 3. Active-learning gateway (annotations in, predictions out): implemented by the loop, see backend.gateway
 # ====================================================================================================================
+
+GATEWAY_PAGE_SIZE: Final[int] = 100
+"""Tasks per page when the loop lists a project."""
+
+
+class SdkGateway:
+    """:class:`backend.gateway.LabelStudioGateway` over the Label Studio SDK (one HTTP client, thread-safe).
+
+    Found by the loop through the ``ctphase.gateways`` entry point (:func:`create_gateway`), so ``backend`` never
+    imports this package. Every SDK or transport error becomes a :class:`backend.gateway.GatewayError` that names
+    the operation.
+
+    Args:
+        client: an SDK client (:func:`connect`).
+    """
+
+    def __init__(self, client: LabelStudio) -> None:
+        self._client = client
+
+    def _call(self, operation: str, call: Callable[[], _T]) -> _T:
+        try:
+            return call()
+        except ApiError as error:
+            raise _api_error(operation, error) from error
+        except httpx.HTTPError as error:
+            raise GatewayError(f"Label Studio {operation} failed: {type(error).__name__}: {error}") from error
+
+    def _tasks(self, project: str) -> Iterator[Any]:
+        listed: Iterable[Any] = self._call(
+            f"listing tasks of project {project}",
+            lambda: self._client.tasks.list(project=int(project), fields="all", page_size=GATEWAY_PAGE_SIZE),
+        )
+        iterator = iter(listed)
+        while True:
+            task = self._call(f"listing tasks of project {project}", lambda: next(iterator, None))
+            if task is None:
+                return
+            yield task
+
+    def iter_annotations(self, project: str) -> Iterator[LsAnnotation]:
+        """Every annotation of the project (cancelled ones included), with its task's data."""
+        for task in self._tasks(project):
+            task_id = _require_id(task.id, "task")
+            annotations: list[dict[str, Any]] = list(task.annotations or [])
+            if any("result" not in a for a in annotations):  # lazily loaded stubs: fetch the full annotations
+                listed: Iterable[Any] = self._call(
+                    f"listing annotations of task {task_id}", partial(self._client.annotations.list, id=task_id)
+                )
+                annotations = [a.model_dump() if hasattr(a, "model_dump") else dict(a) for a in listed]
+            task_obj = {"id": task_id, "data": dict(task.data or {})}
+            for annotation in annotations:
+                yield parse_annotation(annotation, task=task_obj, project=project)
+
+    def iter_tasks(self, project: str) -> Iterator[LsTask]:
+        """Every task of the project."""
+        for task in self._tasks(project):
+            yield LsTask(
+                id=_require_id(task.id, "task"),
+                project=project,
+                data=dict(task.data or {}),
+                is_labeled=bool(task.is_labeled),
+            )
+
+    def get_task(self, task_id: int) -> LsTask:
+        """One task by id."""
+        task: Any = self._call(f"reading task {task_id}", lambda: self._client.tasks.get(id=str(task_id)))
+        return LsTask(
+            id=_require_id(task.id, "task"),
+            project=str(task.project),
+            data=dict(task.data or {}),
+            is_labeled=bool(task.is_labeled),
+        )
+
+    def get_label_config(self, project: str) -> str:
+        """The project's label config XML."""
+        found = self._call(f"reading project {project}", lambda: self._client.projects.get(id=int(project)))
+        return str(found.label_config or "")
+
+    def create_prediction(
+        self, *, task_id: int, result: Sequence[Mapping[str, Any]], score: float, model_version: str
+    ) -> None:
+        """Attach a prediction to a task."""
+        self._call(
+            f"writing a prediction for task {task_id}",
+            lambda: self._client.predictions.create(
+                task=task_id, result=[dict(item) for item in result], score=score, model_version=model_version
+            ),
+        )
+
+    def set_project_model_version(self, project: str, model_version: str) -> None:
+        """Point the project's ``model_version`` at ours (Label Studio's score ordering uses only that version)."""
+        self._call(
+            f"setting model_version of project {project}",
+            lambda: self._client.projects.update(id=int(project), model_version=model_version),
+        )
+
+
+def create_gateway(settings: Settings) -> SdkGateway:
+    """Entry point ``ctphase.gateways:label_studio``: the loop's gateway for ``settings``.
+
+    Raises:
+        LabelStudioNotConfiguredError: the URL or the API key is not set.
+    """
+    return SdkGateway(connect(settings))
