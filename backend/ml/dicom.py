@@ -1097,7 +1097,7 @@ def _sort(frames: list[_Frame], problems: list[str]) -> tuple[list[_Frame], list
     if normal is not None and all(f.position is not None and f.orientation is not None for f in frames):
         keyed = [(_dot(f.position, normal), f) for f in frames]  # type: ignore[arg-type]
         keyed.sort(key=lambda pf: (pf[0], _none_last(pf[1].instance_number), pf[1].path, pf[1].frame or 0))
-        return [f for _, f in keyed], [round(p, 4) for p, _ in keyed]
+        return [f for _, f in keyed], [p for p, _ in keyed]
     missing = sum(1 for f in frames if f.position is None or f.orientation is None)
     reason = f"{missing} of {len(frames)}" if normal is not None else "all"
     problems.append(
@@ -1109,7 +1109,7 @@ def _sort(frames: list[_Frame], problems: list[str]) -> tuple[list[_Frame], list
     positions: list[float | None] = []
     for f in ordered:
         own = _normal(f.orientation) if f.orientation is not None else None
-        positions.append(round(_dot(f.position, own), 4) if f.position is not None and own is not None else None)
+        positions.append(_dot(f.position, own) if f.position is not None and own is not None else None)
     return ordered, positions
 
 
@@ -1237,7 +1237,9 @@ def _decode_file(
             raise UnsupportedTransferSyntaxError(path, f"cannot decode pixel data: {error}") from None
         raise CorruptDicomError(path, f"cannot decode pixel data: {error}") from None
     except AttributeError as error:
-        raise MissingPixelDataError(path, f"no pixel data to decode ({error})") from None
+        if "Pixel Data" in str(error):
+            raise MissingPixelDataError(path, "no Pixel Data (7FE0,0010) element") from None
+        raise CorruptDicomError(path, f"unreadable DICOM file ({error})") from None
     except Exception as error:  # decoders raise ValueError, EOFError, struct.error, ... on bad data
         raise CorruptDicomError(path, f"cannot decode pixel data ({type(error).__name__}: {error})") from None
     padding = _padding(header)
