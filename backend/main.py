@@ -23,6 +23,7 @@ from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from backend.api import ServiceState, admin_router, ls_router, ops_router
+from backend.api_jobs import jobs_router
 from backend.config import Settings, get_settings
 from backend.db import make_engine, make_session_factory
 from backend.errors import (
@@ -157,7 +158,7 @@ def _build_loop(state: ServiceState, mode: LoopMode) -> None:
 
     automatic: Literal["embedded", "celery"] = "celery" if state.settings.broker_url is not None else "embedded"
     queue = automatic if mode == "auto" else mode
-    state.loop = build_loop(state.settings, sessions=state.sessions, queue=queue)
+    state.loop = build_loop(state.settings, sessions=state.sessions, queue=queue, inference_service=state.inference)
     state.loop.queue.start()
 
 
@@ -225,6 +226,7 @@ def create_app(
     app.state.ctphase = state
     app.include_router(ls_router)
     app.include_router(admin_router)
+    app.include_router(jobs_router)
     app.include_router(ops_router)
     app.include_router(preview_router(settings))
     _install_error_handlers(app, metrics)
