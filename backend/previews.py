@@ -118,14 +118,13 @@ def label_studio_preview_dir(settings: Settings) -> Path:
     return settings.preview_dir.resolve()
 
 
-def preview_url(settings: Settings, series_uid: str) -> str:
-    """The URL to store in ``task.data["preview"]`` for a series (see the module docstring).
+def check_preview_serving(settings: Settings) -> None:
+    """Check that previews can be given a URL with these settings.
 
     Raises:
         PreviewConfigError: neither ``label_studio_files_root`` nor ``ml_backend_url`` is set, or the preview
-            folder is not inside Label Studio's document root.
+            folder is not strictly inside Label Studio's document root.
     """
-    relpath = preview_relpath(series_uid)
     if settings.label_studio_files_root is not None:
         root = PurePosixPath(settings.label_studio_files_root.as_posix())
         folder = PurePosixPath(label_studio_preview_dir(settings).as_posix())
@@ -134,13 +133,28 @@ def preview_url(settings: Settings, series_uid: str) -> str:
                 f"the preview folder as Label Studio sees it ({folder}) must be a sub-folder of its "
                 f"LOCAL_FILES_DOCUMENT_ROOT ({root}): set CTPHASE_PREVIEW_DIR / CTPHASE_LABEL_STUDIO_PREVIEW_DIR"
             )
+    elif settings.ml_backend_url is None:
+        raise PreviewConfigError(
+            "set CTPHASE_LABEL_STUDIO_FILES_ROOT (Label Studio serves previews from local files; preferred) or "
+            "CTPHASE_ML_BACKEND_URL (the backend serves them at /previews/<uid>.png)"
+        )
+
+
+def preview_url(settings: Settings, series_uid: str) -> str:
+    """The URL to store in ``task.data["preview"]`` for a series (see the module docstring).
+
+    Raises:
+        PreviewConfigError: neither ``label_studio_files_root`` nor ``ml_backend_url`` is set, or the preview
+            folder is not inside Label Studio's document root.
+    """
+    check_preview_serving(settings)
+    relpath = preview_relpath(series_uid)
+    if settings.label_studio_files_root is not None:
+        root = PurePosixPath(settings.label_studio_files_root.as_posix())
+        folder = PurePosixPath(label_studio_preview_dir(settings).as_posix())
         return "/data/local-files/?d=" + quote((folder.relative_to(root) / relpath).as_posix(), safe="/")
-    if settings.ml_backend_url is not None:
-        return f"{settings.ml_backend_url.rstrip('/')}{PREVIEW_ROUTE}/{relpath.name}"
-    raise PreviewConfigError(
-        "set CTPHASE_LABEL_STUDIO_FILES_ROOT (Label Studio serves previews from local files; preferred) or "
-        "CTPHASE_ML_BACKEND_URL (the backend serves them at /previews/<uid>.png)"
-    )
+    assert settings.ml_backend_url is not None  # checked above
+    return f"{settings.ml_backend_url.rstrip('/')}{PREVIEW_ROUTE}/{relpath.name}"
 
 
 def create_preview_router(*, preview_dir: Path, auth: Callable[..., Any]) -> APIRouter:

@@ -21,7 +21,7 @@ import logging
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from functools import partial
-from typing import TYPE_CHECKING, Any, Final, TypeVar
+from typing import TYPE_CHECKING, Any, Final, TypeAlias, TypeVar
 
 import httpx
 from label_studio_sdk import LabelStudio
@@ -42,6 +42,9 @@ _T = TypeVar("_T")
 # ====================================================================================================================
 
 DEFAULT_TIMEOUT_S: Final[float] = 60.0
+
+LabelStudioClient: TypeAlias = LabelStudio
+"""The SDK client type, for annotations in modules that must not import ``label_studio_sdk``."""
 
 
 class LabelStudioSettingsMissingError(GatewayError):
@@ -510,6 +513,6 @@ def create_gateway(settings: Settings) -> SdkGateway:
     """Entry point ``ctphase.gateways:label_studio``: the loop's gateway for ``settings``.
 
     Raises:
-        LabelStudioNotConfiguredError: the URL or the API key is not set.
+        LabelStudioSettingsMissingError: the URL or the API key is not set.
     """
     return SdkGateway(connect(settings))
