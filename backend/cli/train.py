@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import argparse
+import sys
+from typing import Any
 
 
 def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -40,24 +42,23 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
 
 
 def _run(args: argparse.Namespace) -> int:
-    import logging
     from pathlib import Path
 
-    from backend.ml.train import TrainConfig, build_train_config, load_labeled_series, run_training_cli
+    from backend.ml.network import default_preset_name
+    from backend.ml.train import TrainConfig, load_labeled_series, train_model
 
-    log = logging.getLogger("ctphase.train")
     data_dir = Path(args.data_dir)
     labels = Path(args.labels) if args.labels else data_dir / "labels.csv"
     out = Path(args.out)
     for path, what in ((data_dir, "DATA_DIR"), (labels, "--labels")):
         if not path.exists():
-            print(f"ctphase train: {what} {path}: no such file or folder")
+            print(f"ctphase train: {what} {path}: no such file or folder", file=sys.stderr)
             return 2
     if out.exists():
-        print(f"ctphase train: --out {out} already exists; choose a new folder (models are never overwritten)")
+        print(f"ctphase train: --out {out} already exists; models are never overwritten", file=sys.stderr)
         return 2
-    config: TrainConfig = build_train_config(
-        preset=args.preset,
+    config = TrainConfig(
+        preset=args.preset or default_preset_name(),
         epochs=args.epochs,
         seed=args.seed,
         batch_size=args.batch_size,
@@ -69,8 +70,29 @@ def _run(args: argparse.Namespace) -> int:
         cache_dir=Path(args.cache_dir) if args.cache_dir else None,
         show_progress=not args.no_progress,
     )
-    examples = load_labeled_series(data_dir, labels)
-    log.info("training on %d labelled series with preset %s", len(examples), config.preset)
-    return run_training_cli(
-        examples, out_dir=out, config=config, init_from=Path(args.init_from) if args.init_from else None
+    try:
+        examples = load_labeled_series(data_dir, labels)
+        result = train_model(
+            examples, out_dir=out, config=config, init_from=Path(args.init_from) if args.init_from else None
+        )
+    except ValueError as exc:
+        print(f"ctphase train: {exc}", file=sys.stderr)
+        return 2
+    _print_summary(result.model_dir, result.metrics)
+    return 0
+
+
+def _print_summary(model_dir: object, metrics: dict[str, Any]) -> None:
+    print(f"model: {model_dir}")
+    print(
+        f"series: {metrics['n_train_series']} train / {metrics['n_val_series']} val "
+        f"({metrics['n_train_studies']} / {metrics['n_val_studies']} studies); "
+        f"best epoch {metrics['best_epoch']} of {metrics['epochs']}; {metrics['seconds']:.0f} s"
     )
+    if metrics.get("val_series_f1") is None:
+        print("no validation studies: no validation scores")
+        return
+    print(f"{'phase':14s} {'slice F1':>9s} {'series F1':>10s}")
+    for phase, series_f1 in metrics["val_series_f1"].items():
+        print(f"{phase:14s} {metrics['val_slice_f1'][phase]:9.3f} {series_f1:10.3f}")
+    print(f"{'macro':14s} {metrics['val_slice_macro_f1']:9.3f} {metrics['val_series_macro_f1']:10.3f}")

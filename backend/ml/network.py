@@ -1,0 +1,524 @@
+"""Slice networks: presets, the timm factory, and safe, atomic model artifacts.
+
+A model artifact is a folder holding exactly two files:
+
+- ``model.safetensors``: the state dict (safetensors never executes code on load, unlike a pickle). Its header
+  metadata embeds the manifest (without ``weights_sha256``), so the weights file describes itself.
+- ``manifest.json``: :class:`Manifest`, including the sha256 of ``model.safetensors``.
+
+:func:`load_model` refuses an artifact whose weights do not hash to the manifest's sha256, whose manifest differs
+from the copy embedded in the weights (a hand-edited manifest), whose architecture timm does not know, whose
+classes are not :data:`~backend.ml.phases.PHASES` in order, or whose format version is unknown.
+:func:`save_model` writes into a temporary folder beside the target, fsyncs, and renames it into place, so a
+reader never sees a half-written model folder.
+
+Presets (``PRESETS``), measured on a shared 2-core AMD EPYC (torch 2.14.1 CPU, batch 32, 2 threads, images/s,
+inference channels_last fp32 / bf16 autocast; training fp32 contiguous):
+
+============================ ============== =================
+network @ input               inference      training
+============================ ============== =================
+mobilenetv3_small_100 @128    2,537 / 3,199  306
+lcnet_100 @128                1,856 / 2,668  177
+mobilenetv3_large_100 @128      992 / 1,390   --
+efficientnet_b0 @128            611 /   681   59
+resnet10t @128                  364 /   937   85
+efficientnet_b2 @224 (paper)     52 /   115   14
+============================ ============== =================
+
+``cpu`` is mobilenetv3_small_100 at 128 pixels: ~20x the paper network's CPU inference rate, so 90 sampled slices
+of a 300-slice series cost ~35 ms of network time and the series' cost is dominated by decoding the sampled
+slices. ``paper`` is the paper's efficientnet_b2 at 224 with the (50, 400) HU window (the default on CUDA).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import logging
+import os
+import shutil
+import tempfile
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any, Final
+
+import numpy as np
+import pydantic
+import timm
+import torch
+from numpy.typing import NDArray
+from safetensors import safe_open
+from safetensors.torch import load_file, save_file
+
+from backend.ml.phases import N_PHASES, PHASES
+
+log = logging.getLogger(__name__)
+
+FORMAT_VERSION: Final[int] = 1
+"""Version of the artifact layout written by :func:`save_model`; :func:`load_model` accepts only this one."""
+
+WEIGHTS_FILE: Final[str] = "model.safetensors"
+MANIFEST_FILE: Final[str] = "manifest.json"
+_EMBEDDED_MANIFEST_KEY: Final[str] = "ctphase_manifest"
+
+RESIZE_METHOD: Final[str] = "antialiased bilinear (backend.ml.dicom.resize)"
+"""How slices are brought to ``image_size``; recorded in the manifest's preprocessing."""
+
+
+@dataclass(frozen=True)
+class Preset:
+    """A network and its preprocessing and training defaults.
+
+    Attributes:
+        name: preset name recorded in manifests (``cpu``, ``paper``, or a custom name in tests).
+        arch: timm model name (created with ``pretrained=False``).
+        image_size: square input size in pixels.
+        windows: (centre, width) HU windows, one input channel each, values scaled to [0, 1].
+        epochs: default number of training epochs.
+        batch_size: default training batch size.
+        lr: default peak learning rate (Adam), reached after the warm-up.
+        weight_decay: Adam weight decay.
+        warmup_epochs: linear warm-up length in epochs (fractional allowed).
+        slices_per_series: slices of each training series drawn per epoch.
+        cache_slices_per_series: slices of each series decoded once into the slice cache (spread along z).
+        inference_batch_size: slices per forward pass in :meth:`LoadedModel.predict_proba`.
+        cpu_bf16_inference: use bf16 autocast for inference on CPU (only where measured faster and as accurate).
+    """
+
+    name: str
+    arch: str
+    image_size: int
+    windows: tuple[tuple[float, float], ...]
+    epochs: int = 15
+    batch_size: int = 32
+    lr: float = 1e-3
+    weight_decay: float = 1e-5
+    warmup_epochs: float = 1.0
+    slices_per_series: int = 16
+    cache_slices_per_series: int = 32
+    inference_batch_size: int = 32
+    cpu_bf16_inference: bool = False
+
+    @property
+    def in_chans(self) -> int:
+        """Number of input channels (one per window)."""
+        return len(self.windows)
+
+
+PRESETS: Final[dict[str, Preset]] = {
+    "paper": Preset(
+        name="paper",
+        arch="efficientnet_b2",
+        image_size=224,
+        windows=((50.0, 400.0),),
+        epochs=15,
+        batch_size=32,
+        lr=1e-3,
+        slices_per_series=32,
+        cache_slices_per_series=64,
+    ),
+    "cpu": Preset(
+        name="cpu",
+        arch="mobilenetv3_small_100",
+        image_size=128,
+        windows=((50.0, 400.0),),
+        epochs=12,
+        batch_size=32,
+        lr=2e-3,
+        slices_per_series=16,
+        cache_slices_per_series=32,
+    ),
+}
+
+
+def default_preset_name() -> str:
+    """``"paper"`` when CUDA is available, else ``"cpu"``."""
+    return "paper" if torch.cuda.is_available() else "cpu"
+
+
+def get_preset(name: str) -> Preset:
+    """Look up a preset by name.
+
+    Raises:
+        ValueError: unknown name (the message lists the known ones).
+    """
+    try:
+        return PRESETS[name]
+    except KeyError:
+        raise ValueError(f"unknown preset {name!r}; expected one of {', '.join(sorted(PRESETS))}") from None
+
+
+def create_network(preset: Preset) -> torch.nn.Module:
+    """Build the preset's timm network with random weights.
+
+    Returns:
+        A module mapping float32 [n, in_chans, S, S] images in [0, 1] to logits float32 [n, 4].
+
+    Raises:
+        ModelArtifactError: timm does not know ``preset.arch``.
+    """
+    return _create_timm(preset.arch, in_chans=preset.in_chans)
+
+
+def _create_timm(arch: str, *, in_chans: int) -> torch.nn.Module:
+    if not timm.is_model(arch):
+        raise ModelArtifactError(f"unknown network architecture {arch!r} (not a timm model name)")
+    network: torch.nn.Module = timm.create_model(arch, pretrained=False, num_classes=N_PHASES, in_chans=in_chans)
+    return network
+
+
+def preprocessing_spec(preset: Preset) -> dict[str, Any]:
+    """The preprocessing an artifact expects, as stored in its manifest."""
+    return {
+        "windows_hu": [[c, w] for c, w in preset.windows],
+        "channels": [f"HU window centre {c:g} width {w:g}, scaled to [0, 1]" for c, w in preset.windows],
+        "image_size": preset.image_size,
+        "resize": RESIZE_METHOD,
+        "input_range": [0.0, 1.0],
+        "normalization": "none",
+        "slice_order": "ascending along the slice normal",
+    }
+
+
+def training_data_fingerprint(pairs: Iterator[tuple[str, str]] | list[tuple[str, str]]) -> str:
+    """sha256 hex digest over the sorted, de-duplicated (series uid, phase) pairs a model was trained on."""
+    digest = hashlib.sha256()
+    for uid, phase in sorted(set(pairs)):
+        digest.update(f"{uid}\t{phase}\n".encode())
+    return digest.hexdigest()
+
+
+class ModelArtifactError(Exception):
+    """A model folder cannot be written or is not a valid, untampered ctphase artifact (the message says why)."""
+
+
+class Manifest(pydantic.BaseModel):
+    """What a model artifact is, how to feed it, what it was trained on and how well it did."""
+
+    model_config = pydantic.ConfigDict(extra="forbid", frozen=True)
+
+    format_version: int
+    preset: str
+    arch: str
+    classes: list[str]
+    image_size: int = pydantic.Field(gt=0)
+    windows: list[tuple[float, float]] = pydantic.Field(min_length=1)
+    preprocessing: dict[str, Any]
+    training_data_fingerprint: str
+    metrics: dict[str, Any]
+    weights_sha256: str
+    created_at: datetime
+    torch_version: str
+    timm_version: str
+
+    @property
+    def in_chans(self) -> int:
+        """Number of input channels (one per window)."""
+        return len(self.windows)
+
+
+def build_manifest(preset: Preset, *, fingerprint: str, metrics: Mapping[str, Any]) -> Manifest:
+    """A manifest for a network built from ``preset``; ``weights_sha256`` is filled in by :func:`save_model`."""
+    return Manifest(
+        format_version=FORMAT_VERSION,
+        preset=preset.name,
+        arch=preset.arch,
+        classes=list(PHASES),
+        image_size=preset.image_size,
+        windows=[(float(c), float(w)) for c, w in preset.windows],
+        preprocessing=preprocessing_spec(preset),
+        training_data_fingerprint=fingerprint,
+        metrics=dict(metrics),
+        weights_sha256="",
+        created_at=datetime.now(UTC),
+        torch_version=torch.__version__,
+        timm_version=timm.__version__,
+    )
+
+
+def preset_from_manifest(manifest: Manifest) -> Preset:
+    """The preset a manifest was trained with: the named preset's defaults with the manifest's network and input."""
+    base = PRESETS.get(manifest.preset, PRESETS["cpu"])
+    return Preset(
+        name=manifest.preset,
+        arch=manifest.arch,
+        image_size=manifest.image_size,
+        windows=tuple((float(c), float(w)) for c, w in manifest.windows),
+        epochs=base.epochs,
+        batch_size=base.batch_size,
+        lr=base.lr,
+        weight_decay=base.weight_decay,
+        warmup_epochs=base.warmup_epochs,
+        slices_per_series=base.slices_per_series,
+        cache_slices_per_series=base.cache_slices_per_series,
+        inference_batch_size=base.inference_batch_size,
+        cpu_bf16_inference=base.cpu_bf16_inference if base.arch == manifest.arch else False,
+    )
+
+
+# --- the loaded model -------------------------------------------------------------------------------------------
+
+
+@dataclass
+class LoadedModel:
+    """A verified artifact's network, ready for inference.
+
+    Attributes:
+        network: the module, in eval mode, on ``device``.
+        manifest: the verified manifest.
+        device: where the network runs.
+        batch_size: slices per forward pass.
+        bf16: run under bf16 autocast (CUDA always when supported; CPU only where measured faster and as accurate).
+    """
+
+    network: torch.nn.Module
+    manifest: Manifest
+    device: torch.device
+    batch_size: int = 32
+    bf16: bool = False
+
+    @property
+    def image_size(self) -> int:
+        """Input size in pixels the network expects."""
+        return self.manifest.image_size
+
+    @property
+    def windows(self) -> tuple[tuple[float, float], ...]:
+        """(centre, width) HU windows, one channel each."""
+        return tuple((float(c), float(w)) for c, w in self.manifest.windows)
+
+    def predict_proba(self, images: NDArray[Any]) -> NDArray[np.float32]:
+        """Per-class sigmoid probabilities of slices.
+
+        Args:
+            images: float32 [n, c, S, S] windowed slices in [0, 1], ``c == len(windows)``, ``S == image_size``.
+
+        Returns:
+            float32 [n, 4], columns in ``PHASES`` order; rows need not sum to 1 (one-vs-rest sigmoids).
+
+        Raises:
+            ValueError: the images do not have the shape the network expects.
+        """
+        array = np.asarray(images, dtype=np.float32)
+        expected = (self.manifest.in_chans, self.image_size, self.image_size)
+        if array.ndim != 4 or tuple(array.shape[1:]) != expected:
+            raise ValueError(f"images must have shape [n, {', '.join(map(str, expected))}], got {list(array.shape)}")
+        out = np.empty((array.shape[0], N_PHASES), dtype=np.float32)
+        with torch.inference_mode(), _autocast(self.device, enabled=self.bf16):
+            for start in range(0, array.shape[0], self.batch_size):
+                batch = torch.from_numpy(np.ascontiguousarray(array[start : start + self.batch_size]))
+                batch = batch.to(self.device, non_blocking=True).contiguous(memory_format=torch.channels_last)
+                logits = self.network(batch)
+                out[start : start + batch.shape[0]] = torch.sigmoid(logits.float()).cpu().numpy()
+        return out
+
+
+def _autocast(device: torch.device, *, enabled: bool) -> contextlib.AbstractContextManager[Any]:
+    if not enabled:
+        return contextlib.nullcontext()
+    return torch.autocast(device_type=device.type, dtype=torch.bfloat16)
+
+
+def resolve_device(device: str | torch.device) -> torch.device:
+    """``"auto"`` -> CUDA when available, else CPU; anything else as torch parses it.
+
+    Raises:
+        ValueError: CUDA was asked for but is not available.
+    """
+    if isinstance(device, str) and device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    resolved = torch.device(device)
+    if resolved.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError(f"device {device!s} requested but CUDA is not available; use 'cpu' or 'auto'")
+    return resolved
+
+
+# --- saving -----------------------------------------------------------------------------------------------------
+
+
+def _embedded_manifest(manifest: Manifest) -> str:
+    """The manifest without its weights checksum, canonical JSON (stored in the weights file's header)."""
+    return json.dumps(manifest.model_dump(mode="json", exclude={"weights_sha256"}), sort_keys=True)
+
+
+def _sha256_file(path: Path) -> str:
+    digest = hashlib.sha256()
+    with path.open("rb") as handle:
+        for chunk in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def _fsync_path(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _state_dict_for_saving(network: torch.nn.Module) -> dict[str, torch.Tensor]:
+    return {name: tensor.detach().to("cpu").contiguous().clone() for name, tensor in network.state_dict().items()}
+
+
+def _write_weights(path: Path, *, network: torch.nn.Module, manifest: Manifest) -> None:
+    save_file(
+        _state_dict_for_saving(network), str(path), metadata={_EMBEDDED_MANIFEST_KEY: _embedded_manifest(manifest)}
+    )
+    _fsync_path(path)
+
+
+def _write_manifest(path: Path, manifest: Manifest) -> None:
+    with path.open("w", encoding="utf-8") as handle:
+        handle.write(manifest.model_dump_json(indent=2))
+        handle.write("\n")
+        handle.flush()
+        os.fsync(handle.fileno())
+
+
+def save_model(model_dir: Path, *, network: torch.nn.Module, manifest: Manifest) -> Manifest:
+    """Write a model artifact atomically.
+
+    The files go into a temporary folder beside ``model_dir`` (same file system), are fsynced, and the folder is
+    renamed to ``model_dir`` in one step; on any error the temporary folder is removed and nothing appears.
+
+    Args:
+        model_dir: folder to create; must not exist (artifacts are immutable).
+        network: the trained module (any device); its state dict is stored.
+        manifest: the manifest to store; ``weights_sha256`` is replaced by the hash of the written weights file.
+
+    Returns:
+        The manifest as written (with ``weights_sha256``).
+
+    Raises:
+        ModelArtifactError: ``model_dir`` exists, or the manifest's classes/arch do not describe a ctphase network.
+    """
+    if list(manifest.classes) != list(PHASES):
+        raise ModelArtifactError(f"manifest classes {manifest.classes} differ from {list(PHASES)}")
+    if model_dir.exists():
+        raise ModelArtifactError(f"{model_dir}: already exists; model folders are immutable, choose a new one")
+    model_dir.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{model_dir.name}.tmp-", dir=model_dir.parent))
+    try:
+        _write_weights(tmp / WEIGHTS_FILE, network=network, manifest=manifest)
+        written = manifest.model_copy(update={"weights_sha256": _sha256_file(tmp / WEIGHTS_FILE)})
+        _write_manifest(tmp / MANIFEST_FILE, written)
+        for path in (tmp / WEIGHTS_FILE, tmp / MANIFEST_FILE):
+            path.chmod(0o644)  # readable by the serving and worker processes; mkdtemp made the folder 0700
+        tmp.chmod(0o755)
+        _fsync_path(tmp)
+        try:
+            tmp.rename(model_dir)
+        except OSError as exc:
+            raise ModelArtifactError(f"{model_dir}: cannot move the new model into place: {exc}") from exc
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    _fsync_path(model_dir.parent)
+    log.info("saved model %s (%s, sha256 %s)", model_dir, written.arch, written.weights_sha256[:12])
+    return written
+
+
+# --- loading ----------------------------------------------------------------------------------------------------
+
+
+def read_manifest(model_dir: Path) -> Manifest:
+    """Parse and validate ``model_dir/manifest.json`` (no weights check; see :func:`load_model`).
+
+    Raises:
+        ModelArtifactError: missing or unreadable manifest, unknown format version, wrong classes or unknown arch.
+    """
+    path = model_dir / MANIFEST_FILE
+    try:
+        raw = json.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise ModelArtifactError(f"{model_dir}: no {MANIFEST_FILE}; not a ctphase model folder") from None
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise ModelArtifactError(f"{path}: unreadable manifest: {exc}") from exc
+    version = raw.get("format_version") if isinstance(raw, dict) else None
+    if version != FORMAT_VERSION:
+        raise ModelArtifactError(f"{path}: format_version {version!r} is not supported (expected {FORMAT_VERSION})")
+    try:
+        manifest = Manifest.model_validate(raw)
+    except pydantic.ValidationError as exc:
+        raise ModelArtifactError(f"{path}: invalid manifest: {exc}") from exc
+    if list(manifest.classes) != list(PHASES):
+        raise ModelArtifactError(f"{path}: classes {manifest.classes} differ from this version's {list(PHASES)}")
+    if not timm.is_model(manifest.arch):
+        raise ModelArtifactError(f"{path}: unknown network architecture {manifest.arch!r} (not a timm model name)")
+    return manifest
+
+
+def _verified_state_dict(model_dir: Path, manifest: Manifest) -> dict[str, torch.Tensor]:
+    path = model_dir / WEIGHTS_FILE
+    if not path.is_file():
+        raise ModelArtifactError(f"{model_dir}: no {WEIGHTS_FILE}")
+    actual = _sha256_file(path)
+    if actual != manifest.weights_sha256:
+        raise ModelArtifactError(
+            f"{path}: sha256 {actual} does not match the manifest's {manifest.weights_sha256}; refusing to load"
+        )
+    try:
+        with safe_open(str(path), framework="pt") as handle:
+            metadata = handle.metadata() or {}
+        state = load_file(str(path), device="cpu")
+    except Exception as exc:  # safetensors raises its own error types for a malformed file
+        raise ModelArtifactError(f"{path}: unreadable safetensors file: {exc}") from exc
+    if metadata.get(_EMBEDDED_MANIFEST_KEY) != _embedded_manifest(manifest):
+        raise ModelArtifactError(
+            f"{model_dir / MANIFEST_FILE}: manifest differs from the one recorded in {WEIGHTS_FILE} "
+            "(edited by hand?); refusing to load"
+        )
+    return state
+
+
+def load_model(
+    model_dir: Path,
+    *,
+    device: str | torch.device = "cpu",
+    threads: int | None = None,
+    bf16: bool | None = None,
+    batch_size: int | None = None,
+) -> LoadedModel:
+    """Load and verify a model artifact.
+
+    Args:
+        model_dir: folder written by :func:`save_model`.
+        device: ``"cpu"``, ``"cuda"``, ``"cuda:N"`` or ``"auto"``.
+        threads: torch intra-op CPU threads for this process (``None`` leaves torch's setting).
+        bf16: bf16 autocast for inference; ``None`` chooses: on CUDA when supported, on CPU as the preset measured.
+        batch_size: slices per forward pass (default: the preset's).
+
+    Raises:
+        ModelArtifactError: see :func:`read_manifest`; also a checksum mismatch, a manifest that differs from the
+            one embedded in the weights, or weights that do not fit the architecture.
+        ValueError: an unusable device or thread count.
+    """
+    if threads is not None:
+        if threads < 1:
+            raise ValueError(f"threads must be >= 1, got {threads}")
+        torch.set_num_threads(threads)
+    target = resolve_device(device)
+    manifest = read_manifest(model_dir)
+    state = _verified_state_dict(model_dir, manifest)
+    network = _create_timm(manifest.arch, in_chans=manifest.in_chans)
+    try:
+        network.load_state_dict(state, strict=True)
+    except RuntimeError as exc:
+        raise ModelArtifactError(f"{model_dir}: weights do not fit {manifest.arch}: {exc}") from exc
+    network.eval().to(target)
+    network.to(memory_format=torch.channels_last)
+    preset = preset_from_manifest(manifest)
+    if bf16 is None:
+        bf16 = torch.cuda.is_bf16_supported() if target.type == "cuda" else preset.cpu_bf16_inference
+    return LoadedModel(
+        network=network,
+        manifest=manifest,
+        device=target,
+        batch_size=batch_size or preset.inference_batch_size,
+        bf16=bf16,
+    )

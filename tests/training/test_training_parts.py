@@ -1,0 +1,109 @@
+"""Pure parts of training: study split, class weights, learning-rate schedule, slice choice, augmentation."""
+
+from __future__ import annotations
+
+from collections import Counter
+
+import numpy as np
+import pytest
+import torch
+
+from backend.ml.dataset import spread_indices
+from backend.ml.phases import PHASES
+from backend.ml.train import (
+    ClassWeightedBCE,
+    LabeledSeries,
+    augment_batch,
+    pos_weight_from_counts,
+    split_by_study,
+    warmup_cosine_factor,
+)
+from tests.training.synthetic import fake_series
+
+
+def _studies(n: int) -> list[LabeledSeries]:
+    """``n`` studies; each has non-contrast, arterial and venous series, every third one also an ``others``."""
+    examples = []
+    for s in range(n):
+        phases = [*PHASES[:3], *(["others"] if s % 3 == 0 else [])]
+        examples += [LabeledSeries(series=fake_series(f"9.{s}.{p}", f"9.{s}"), phase=ph) for p, ph in enumerate(phases)]
+    return examples
+
+
+def test_split_keeps_studies_whole_and_is_stratified() -> None:
+    examples = _studies(60)
+    train, val = split_by_study(examples, val_fraction=0.25, seed=3)
+    train_studies = {e.series.study_instance_uid for e in train}
+    val_studies = {e.series.study_instance_uid for e in val}
+    assert not train_studies & val_studies
+    assert len(train) + len(val) == len(examples)
+    assert len(val_studies) == 15
+    others_in_val = sum(e.phase == "others" for e in val)
+    assert others_in_val == 5  # 20 studies hold an "others" series: a quarter of them is held out
+    assert Counter(e.phase for e in val).keys() == set(PHASES)
+
+
+def test_split_is_seeded_and_val_fraction_zero_holds_out_nothing() -> None:
+    examples = _studies(20)
+    first = split_by_study(examples, val_fraction=0.2, seed=1)
+    assert first == split_by_study(examples, val_fraction=0.2, seed=1)
+    assert first != split_by_study(examples, val_fraction=0.2, seed=2)
+    train, val = split_by_study(examples, val_fraction=0.0, seed=1)
+    assert (len(train), val) == (len(examples), [])
+    with pytest.raises(ValueError, match="val_fraction"):
+        split_by_study(examples, val_fraction=1.0, seed=1)
+
+
+def test_pos_weight_is_negatives_over_positives() -> None:
+    weights = pos_weight_from_counts([10, 20, 30, 40])
+    np.testing.assert_allclose(weights.numpy(), [90 / 10, 80 / 20, 70 / 30, 60 / 40], rtol=1e-6)
+    assert pos_weight_from_counts([10, 0, 10, 10]).tolist()[1] == 1.0
+    with pytest.raises(ValueError, match="4 non-negative"):
+        pos_weight_from_counts([1, 2, 3])
+
+
+def test_loss_keeps_pos_weight_as_a_buffer() -> None:
+    loss_fn = ClassWeightedBCE(pos_weight_from_counts([30, 30, 30, 10]))
+    assert dict(loss_fn.named_buffers())["pos_weight"].tolist() == pytest.approx([70 / 30, 70 / 30, 70 / 30, 90 / 10])
+    assert "pos_weight" in loss_fn.state_dict()
+    logits = torch.zeros(2, 4)
+    labels = torch.tensor([3, 0])
+    weighted = loss_fn(logits, labels)
+    unweighted = ClassWeightedBCE(torch.ones(4))(logits, labels)
+    assert float(weighted) > float(unweighted)
+
+
+def test_schedule_warms_up_linearly_then_anneals() -> None:
+    total, warmup = 100, 10
+    factors = [warmup_cosine_factor(s, total_steps=total, warmup_steps=warmup) for s in range(total)]
+    np.testing.assert_allclose(factors[:warmup], np.arange(1, warmup + 1) / warmup)
+    assert factors[warmup] == pytest.approx(1.0)
+    assert all(a >= b for a, b in zip(factors[warmup:], factors[warmup + 1 :], strict=False))
+    assert factors[-1] == pytest.approx(0.01)
+    assert factors[55] == pytest.approx(0.01 + 0.99 * 0.5 * (1 + np.cos(np.pi * 45 / 89)))
+    assert warmup_cosine_factor(0, total_steps=5, warmup_steps=0) == pytest.approx(1.0)
+
+
+def test_cached_slices_span_the_whole_series() -> None:
+    indices = spread_indices(300, 30, series_uid="1.2.3")
+    assert len(indices) == 30
+    assert np.all(np.diff(indices) > 0)
+    assert indices[0] < 10  # one slice per stratum of 10: both ends of the series are covered
+    assert indices[-1] >= 290
+    np.testing.assert_array_equal(indices, spread_indices(300, 30, series_uid="1.2.3"))
+    assert not np.array_equal(indices, spread_indices(300, 30, series_uid="1.2.4"))
+    np.testing.assert_array_equal(spread_indices(7, 30, series_uid="x"), np.arange(7))
+
+
+def test_augmentation_stays_in_range_and_is_seeded() -> None:
+    rng = np.random.default_rng(0)
+    images = torch.from_numpy(rng.random((6, 2, 32, 32), dtype=np.float32))
+    images[:, :, :4] = 0.0  # air
+    widths = torch.tensor([400.0, 80.0])
+    first = augment_batch(images, widths=widths, generator=torch.Generator().manual_seed(5))
+    second = augment_batch(images, widths=widths, generator=torch.Generator().manual_seed(5))
+    assert first.shape == images.shape
+    assert float(first.min()) >= 0.0
+    assert float(first.max()) <= 1.0
+    torch.testing.assert_close(first, second)
+    assert not torch.equal(first, images)
