@@ -39,6 +39,21 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     parser.add_argument("--init-from", type=str, default=None, help="warm start from this model folder")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
     parser.set_defaults(func=_run)
+    starter = subparsers.add_parser(
+        "starter-model",
+        help="create a demo model from phantoms (cpu preset) unless MODEL_DIR already holds one",
+        description=(
+            "If MODEL_DIR holds no model: generate phantom series (or reuse --phantoms) and train the cpu preset "
+            "on them; ~10 minutes on 2 CPU cores. Same as `ctphase phantom P --n-per-class 40 --seed 1` then "
+            "`ctphase train P --labels P/labels.csv --out MODEL_DIR --preset cpu --seed 1`."
+        ),
+    )
+    starter.add_argument("model_dir", type=str, metavar="MODEL_DIR")
+    starter.add_argument("--phantoms", type=str, default=None, help="phantom folder (default: beside MODEL_DIR)")
+    starter.add_argument("--n-per-class", type=int, default=40)
+    starter.add_argument("--seed", type=int, default=1)
+    starter.add_argument("--threads", type=int, default=None)
+    starter.set_defaults(func=_run_starter)
 
 
 def _run(args: argparse.Namespace) -> int:
@@ -96,3 +111,20 @@ def _print_summary(model_dir: object, metrics: dict[str, Any]) -> None:
     for phase, series_f1 in metrics["val_series_f1"].items():
         print(f"{phase:14s} {metrics['val_slice_f1'][phase]:9.3f} {series_f1:10.3f}")
     print(f"{'macro':14s} {metrics['val_slice_macro_f1']:9.3f} {metrics['val_series_macro_f1']:10.3f}")
+
+
+def _run_starter(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from backend.ml.starter import ensure_starter_model
+
+    model_dir = ensure_starter_model(
+        Path(args.model_dir),
+        phantom_dir=Path(args.phantoms) if args.phantoms else None,
+        n_per_class=args.n_per_class,
+        seed=args.seed,
+        threads=args.threads,
+        show_progress=True,
+    )
+    print(f"model: {model_dir}")
+    return 0

@@ -1,0 +1,95 @@
+"""A starter model for demos and first runs: phantom series -> ``cpu`` preset training, only if no model exists.
+
+Equivalent CLI sequence (what :func:`ensure_starter_model` does)::
+
+    ctphase phantom PHANTOMS --n-per-class 40 --seed 1
+    ctphase train PHANTOMS --labels PHANTOMS/labels.csv --out MODEL --preset cpu --seed 1
+
+or in one step: ``ctphase starter-model MODEL``. Takes ~10 minutes on 2 CPU cores (phantoms ~3, training ~7).
+"""
+
+from __future__ import annotations
+
+import logging
+import shutil
+import tempfile
+from pathlib import Path
+from typing import Final
+
+from backend.ml.network import MANIFEST_FILE, read_manifest
+from backend.ml.train import TrainConfig, load_labeled_series, train_model
+
+log = logging.getLogger(__name__)
+
+STARTER_N_PER_CLASS: Final[int] = 40
+STARTER_SEED: Final[int] = 1
+LABELS_FILE: Final[str] = "labels.csv"
+
+
+def ensure_phantoms(phantom_dir: Path, *, n_per_class: int = STARTER_N_PER_CLASS, seed: int = STARTER_SEED) -> Path:
+    """Generate a phantom dataset at ``phantom_dir`` unless one (with its labels.csv) is already there.
+
+    The dataset is written into a temporary folder beside ``phantom_dir`` and renamed into place, so an interrupted
+    run leaves no partial dataset that a later call would mistake for a complete one.
+
+    Returns:
+        ``phantom_dir``.
+
+    Raises:
+        FileExistsError: ``phantom_dir`` exists but holds no labels.csv (not a phantom dataset; not touched).
+    """
+    if (phantom_dir / LABELS_FILE).is_file():
+        return phantom_dir
+    if phantom_dir.exists():
+        raise FileExistsError(f"{phantom_dir}: exists but has no {LABELS_FILE}; remove it or choose another folder")
+    from backend.ml.phantom import generate_dataset
+
+    phantom_dir.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{phantom_dir.name}.tmp-", dir=phantom_dir.parent))
+    try:
+        log.info("generating starter phantoms (%d per phase, seed %d) in %s", n_per_class, seed, phantom_dir)
+        generate_dataset(tmp, n_per_class=n_per_class, seed=seed)
+        tmp.rename(phantom_dir)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return phantom_dir
+
+
+def ensure_starter_model(
+    model_dir: Path,
+    *,
+    phantom_dir: Path | None = None,
+    n_per_class: int = STARTER_N_PER_CLASS,
+    seed: int = STARTER_SEED,
+    threads: int | None = None,
+    show_progress: bool = False,
+) -> Path:
+    """Return ``model_dir``, first creating it (phantoms + ``cpu`` preset training) if it holds no model.
+
+    Args:
+        model_dir: model folder; kept as is when it already holds a valid manifest.
+        phantom_dir: where the phantom dataset lives or is generated (default: ``.starter-phantoms`` beside
+            ``model_dir``); reused when present.
+        n_per_class: phantom series per phase.
+        seed: phantom and training seed.
+        threads: torch CPU threads.
+        show_progress: progress bars on stderr.
+
+    Raises:
+        ModelArtifactError: ``model_dir`` holds an invalid manifest (it is not overwritten).
+        FileExistsError: ``model_dir`` exists without a manifest (it is not overwritten).
+    """
+    if (model_dir / MANIFEST_FILE).is_file():
+        read_manifest(model_dir)
+        return model_dir
+    if model_dir.exists():
+        raise FileExistsError(f"{model_dir}: exists but holds no model ({MANIFEST_FILE}); remove it or choose another")
+    phantoms = ensure_phantoms(
+        phantom_dir or model_dir.parent / ".starter-phantoms", n_per_class=n_per_class, seed=seed
+    )
+    examples = load_labeled_series(phantoms, phantoms / LABELS_FILE)
+    config = TrainConfig(preset="cpu", seed=seed, device="cpu", threads=threads, show_progress=show_progress)
+    result = train_model(examples, out_dir=model_dir, config=config)
+    log.info("starter model %s: validation series macro F1 %s", model_dir, result.metrics.get("val_series_macro_f1"))
+    return model_dir
