@@ -141,7 +141,7 @@ def resolve_champion(session: Session, *, project: str, default_project: str) ->
         .join(ModelVersion, Champion.model_version_id == ModelVersion.id)
         .where(Champion.project.in_({project, default_project}))
     )
-    found = dict(session.execute(stmt).tuples())
+    found: dict[str, ModelVersion] = dict(session.execute(stmt).all())
     return found.get(project) or found.get(default_project)
 
 
@@ -274,7 +274,7 @@ def register_version(
 ) -> ModelVersion:
     """Copy a model directory into the store atomically, verify it, and insert its immutable row (caller commits).
 
-    The directory is copied to a temporary folder inside the store, loaded there (``load_model`` checks the
+    The artifact files (weights + manifest) are copied to a temporary folder inside the store, loaded there (``load_model`` checks the
     manifest and the weights' sha256), then renamed to ``<project>/v<n>-<sha8>`` with ``os.replace``; the row is
     flushed before the rename and the rename is undone if the flush fails. A directory already inside the store
     is copied as well, so artifacts are never shared between versions.
@@ -283,15 +283,22 @@ def register_version(
         ArtifactRegistrationError: missing directory, unloadable artifact or checksum mismatch.
         RegistryError: invalid project name.
     """
+    from backend.ml.network import MANIFEST_FILE, WEIGHTS_FILE
+
     check_project(project)
     source = model_dir.resolve()
-    if not source.is_dir():
-        raise ArtifactRegistrationError(f"{model_dir}: not a directory (expected model.safetensors + manifest.json)")
+    missing = [name for name in (WEIGHTS_FILE, MANIFEST_FILE) if not (source / name).is_file()]
+    if missing:
+        raise ArtifactRegistrationError(
+            f"{model_dir}: not a model directory (missing {', '.join(missing)}; expected the folder save_model wrote)"
+        )
     project_dir = store.resolve() / project
     project_dir.mkdir(parents=True, exist_ok=True)
     staging = project_dir / f".incoming-{uuid.uuid4().hex}"
     try:
-        shutil.copytree(source, staging)
+        staging.mkdir()
+        for name in (WEIGHTS_FILE, MANIFEST_FILE):  # only the artifact itself, never the rest of the folder
+            shutil.copy2(source / name, staging / name)
         manifest = _verify(staging).manifest
         return _insert_and_place(
             session,

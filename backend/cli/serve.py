@@ -39,12 +39,18 @@ def _register_serve(subparsers: argparse._SubParsersAction[argparse.ArgumentPars
 
 def _serve(args: argparse.Namespace) -> int:
     import uvicorn
+    from pydantic import ValidationError
 
     from backend.config import get_settings
     from backend.logging import configure_logging
     from backend.main import create_app
 
-    settings = get_settings()
+    try:
+        settings = get_settings()
+    except ValidationError as exc:
+        problems = "; ".join(str(error.get("msg", "")).removeprefix("Value error, ") for error in exc.errors())
+        print(f"ctphase serve: invalid settings: {problems}", file=sys.stderr)
+        return 2
     configure_logging(json_lines=settings.log_json, level=settings.log_level)
     app = create_app(settings, migrate=not args.no_migrate)
     uvicorn.run(app, host=args.host, port=args.port, log_config=None, access_log=False, proxy_headers=False)
