@@ -274,10 +274,11 @@ def register_version(
 ) -> ModelVersion:
     """Copy a model directory into the store atomically, verify it, and insert its immutable row (caller commits).
 
-    The artifact files (weights + manifest) are copied to a temporary folder inside the store, loaded there (``load_model`` checks the
-    manifest and the weights' sha256), then renamed to ``<project>/v<n>-<sha8>`` with ``os.replace``; the row is
-    flushed before the rename and the rename is undone if the flush fails. A directory already inside the store
-    is copied as well, so artifacts are never shared between versions.
+    The artifact files (weights + manifest) are copied to a temporary folder inside the store and loaded there
+    (``load_model`` checks the manifest and the weights' sha256). The row is flushed first (the unique version
+    number is taken), then the folder is renamed to ``<project>/v<n>-<sha8>`` with ``os.replace``. A folder left at
+    that name by an earlier registration whose commit failed is an orphan (no row holds that number) and is
+    replaced. Artifacts are never shared between versions.
 
     Raises:
         ArtifactRegistrationError: missing directory, unloadable artifact or checksum mismatch.
@@ -356,8 +357,6 @@ def _insert_and_place(
         number = _next_version(session, project)
         relative = Path(project) / f"v{number}-{manifest_fields.sha256[:8]}"
         final = store / relative
-        if final.exists():
-            raise ArtifactRegistrationError(f"{final}: already exists in the model store; remove the stray folder")
         row = ModelVersion(
             project=project,
             version=number,
@@ -379,6 +378,9 @@ def _insert_and_place(
         except IntegrityError:
             logger.info("version %d of project %s taken concurrently; retrying", number, project)
             continue
+        if final.exists():  # left by a registration whose commit failed: no row owns it
+            logger.warning("replacing orphan artifact folder %s", relative.as_posix())
+            shutil.rmtree(final)
         staging.replace(final)
         logger.info("registered %s (%s, sha256 %s...)", row.label, row.arch, row.sha256[:12])
         return row

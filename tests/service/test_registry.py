@@ -61,7 +61,7 @@ def test_register_refuses_tampered_artifact(
     weights.write_bytes(bytes(data))
     with pytest.raises(ArtifactRegistrationError, match="not a loadable model artifact"):
         _register(db_sessions, tampered, tmp_path / "store")
-    with pytest.raises(ArtifactRegistrationError, match="missing model.safetensors, manifest.json"):
+    with pytest.raises(ArtifactRegistrationError, match=r"missing model\.safetensors, manifest\.json"):
         _register(db_sessions, tmp_path / "missing", tmp_path / "store")
     with db_sessions() as session:
         assert session.scalars(select(ModelVersion)).all() == []
@@ -111,23 +111,27 @@ def test_champion_falls_back_to_default(
         registry.promote(session, project="default", version=1, actor="test")
     with db_sessions.begin() as session:
         served = registry.resolve_champion(session, project="7", default_project="default")
-        assert served is not None and served.label == "ctphase-default-v1"
+        assert served is not None
+        assert served.label == "ctphase-default-v1"
         registry.promote(session, project="7", version=1, actor="test")
     with db_sessions() as session:
         served = registry.resolve_champion(session, project="7", default_project="default")
-        assert served is not None and served.label == "ctphase-7-v1"
+        assert served is not None
+        assert served.label == "ctphase-7-v1"
         other = registry.resolve_champion(session, project="8", default_project="default")
-        assert other is not None and other.label == "ctphase-default-v1"
+        assert other is not None
+        assert other.label == "ctphase-default-v1"
 
 
 def test_version_unique_per_project(
     db_sessions: sessionmaker[Session], tiny_model_factory: Callable[[int], Path], tmp_path: Path
 ) -> None:
     row = _register(db_sessions, tiny_model_factory(1), tmp_path / "store")
-    with db_sessions() as session, pytest.raises(IntegrityError):
-        fields = {k: getattr(row, k) for k in ("project", "version", "preset", "arch", "classes", "preprocessing")}
+    fields = {k: getattr(row, k) for k in ("project", "version", "preset", "arch", "classes", "preprocessing")}
+    with db_sessions() as session:
         session.add(ModelVersion(**fields, artifact_uri="x", sha256="0" * 64, metrics={}))
-        session.flush()
+        with pytest.raises(IntegrityError):
+            session.flush()
 
 
 def test_project_from_label_studio() -> None:
