@@ -229,10 +229,10 @@ def upsert_annotations(
         set_={column: stmt.excluded[column] for column in updated},
         where=newer,
     )
+    stmt = stmt.returning(table.c.ls_annotation_id)  # one row per insert or applied update (rowcount is unreliable)
     changed = 0
     for start in range(0, len(rows), 500):
-        result = session.execute(stmt, rows[start : start + 500])
-        changed += max(0, int(getattr(result, "rowcount", 0) or 0))
+        changed += len(session.execute(stmt, rows[start : start + 500]).all())
     return changed
 
 
