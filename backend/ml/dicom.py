@@ -119,6 +119,7 @@ _WANTED: Final[frozenset[int]] = frozenset(
         _BITS_ALLOCATED,
     }
 )
+_WANTED_META: Final[frozenset[int]] = frozenset({_MEDIA_SOP_CLASS, _TRANSFER_SYNTAX})
 _LONG_VRS: Final[frozenset[bytes]] = frozenset(
     {b"OB", b"OD", b"OF", b"OL", b"OV", b"OW", b"SQ", b"SV", b"UC", b"UN", b"UR", b"UT", b"UV"}
 )
@@ -130,7 +131,9 @@ _SHORT_VRS: Final[frozenset[bytes]] = frozenset(
 )  # fmt: skip
 _U16: Final = struct.Struct("<H")
 _U32: Final = struct.Struct("<L")
-_TAG_LEN: Final = struct.Struct("<HHL")
+_EXPLICIT_HEAD: Final = struct.Struct("<HH2sH")  # group, element, VR, 16-bit length
+_IMPLICIT_HEAD: Final = struct.Struct("<HHL")  # group, element, 32-bit length
+_PIXEL_TAG_BYTES: Final = b"\xe0\x7f\x10\x00"
 
 
 # --------------------------------------------------------------------------------------------------- errors
@@ -638,8 +641,14 @@ def _looks_like_raw_dicom(head: bytes) -> bool:
 
 
 def _header_from_walk(path: Path, head: bytes, size: int) -> _FileHeader:
-    """Build the header with the fast walker; raises _WalkError where pydicom must take over."""
-    pos, meta = _walk_meta(head)
+    """Build the header from the file head with the fast walker; raises _WalkError where pydicom must take over.
+
+    The walk covers the File Meta group and the dataset up to group 0028 (every attribute discovery needs);
+    Pixel Data is then located by its tag after that point (verified: even offset, OB/OW VR in explicit VR),
+    so long private groups between 0028 and 7FE0 cost a byte search, not an element walk.
+    """
+    meta: dict[int, bytes] = {}
+    pos = _walk(head, 132, len(head), explicit=True, values=meta, wanted=_WANTED_META, last_group=0x0002)
     if meta.get(_MEDIA_SOP_CLASS, b"").rstrip(b"\x00 ") == _DICOMDIR_SOP_CLASS.encode():
         raise NotCTError(path, "DICOMDIR (a media directory, not an image)")
     syntax = _text(meta.get(_TRANSFER_SYNTAX))
@@ -650,13 +659,14 @@ def _header_from_walk(path: Path, head: bytes, size: int) -> _FileHeader:
     else:
         raise _WalkError(f"transfer syntax {syntax!r}")
     values: dict[int, bytes] = {}
-    pixel: tuple[int, int] | None = None
     try:
-        pixel = _walk(head, pos, len(head), explicit=explicit, values=values)
+        pos = _walk(head, pos, len(head), explicit=explicit, values=values, wanted=_WANTED, last_group=0x0028)
     except _TruncatedError:
         if size > len(head):
             raise  # the header goes past the head: let pydicom read the file
         raise CorruptDicomError(path, f"truncated: the file ends inside its header ({size} bytes)") from None
+    if _MODALITY not in values or _SERIES_UID not in values:
+        raise _WalkError("required attributes not found (elements out of order?)")
     _check_kind(
         path,
         modality=_text(values.get(_MODALITY)),
@@ -665,18 +675,22 @@ def _header_from_walk(path: Path, head: bytes, size: int) -> _FileHeader:
     )
     if _FRAMES in values:
         raise _WalkError("multi-frame")  # functional groups: pydicom
-    if pixel is None and size > len(head):
-        raise _WalkError("header longer than the head")
     series_uid = _text(values.get(_SERIES_UID))
     try:
-        if pixel is None:
+        pixel = _find_pixel_data(head, pos, explicit=explicit)
+        if pixel is None and size <= len(head):
             raise MissingPixelDataError(path, "no Pixel Data (7FE0,0010) element")
         rows, columns = _us(values.get(_ROWS)), _us(values.get(_COLUMNS))
         samples = _us(values.get(_SAMPLES)) or 1
-        bits = _us(values.get(_BITS_ALLOCATED)) or 0
         rows, columns = _check_image(path, rows=rows, columns=columns, samples=samples, syntax=syntax)
-        if syntax in (_IMPLICIT_LE, _EXPLICIT_LE):
-            _check_native_length(path, pixel=pixel, size=size, expected=rows * columns * samples * bits // 8)
+        native = syntax in (_IMPLICIT_LE, _EXPLICIT_LE)
+        expected = rows * columns * samples * (_us(values.get(_BITS_ALLOCATED)) or 0) // 8
+        if pixel is None:
+            pixel = _pixel_data_at_end(path, size=size, expected=expected, explicit=explicit) if native else None
+            if pixel is None:
+                raise _WalkError("Pixel Data not in the head")
+        if native:
+            _check_native_length(path, pixel=pixel, size=size, expected=expected)
         if not series_uid:
             raise CorruptDicomError(path, "no SeriesInstanceUID")
     except DicomReadError as error:
@@ -688,7 +702,7 @@ def _header_from_walk(path: Path, head: bytes, size: int) -> _FileHeader:
         sop_instance_uid=_text(values.get(_SOP_INSTANCE)) or str(path),
         instance_number=_int_string(values.get(_INSTANCE_NUMBER)),
         position=_numbers(values.get(_POSITION), 3),
-        orientation=_numbers(values.get(_ORIENTATION), 6),
+        orientation=_orientation(values.get(_ORIENTATION)),
         rows=rows,
         columns=columns,
         acquisition_time=_text(values.get(_ACQUISITION_TIME)),
@@ -696,84 +710,69 @@ def _header_from_walk(path: Path, head: bytes, size: int) -> _FileHeader:
     return _FileHeader(path=path, series_uid=series_uid, study_uid=_text(values.get(_STUDY_UID)), frames=[frame])
 
 
-def _walk_meta(buf: bytes) -> tuple[int, dict[int, bytes]]:
-    """Walk the File Meta group (explicit VR little endian) after the preamble; returns (end, values)."""
-    pos, end = 132, len(buf)
-    meta: dict[int, bytes] = {}
-    while pos + 8 <= end:
-        group, element = struct.unpack_from("<HH", buf, pos)
-        if group != 0x0002:
-            break
-        vr = buf[pos + 4 : pos + 6]
-        if vr in _LONG_VRS:
-            length = _U32.unpack_from(buf, pos + 8)[0]
-            value = pos + 12
-        elif vr in _SHORT_VRS:
-            length = _U16.unpack_from(buf, pos + 6)[0]
-            value = pos + 8
-        else:
-            raise _WalkError("file meta is not explicit VR")
-        if length == _UNDEFINED or value + length > end:
-            raise _WalkError("odd file meta")
-        meta[group << 16 | element] = buf[value : value + length]
-        pos = value + length
-    if _TRANSFER_SYNTAX not in meta:
-        raise _WalkError("no transfer syntax")
-    return pos, meta
-
-
-def _walk(buf: bytes, pos: int, end: int, *, explicit: bool, values: dict[int, bytes] | None) -> tuple[int, int] | None:
-    """Walk data elements from ``pos``, recording wanted top-level values, until Pixel Data or ``end``.
+def _walk(
+    buf: bytes,
+    pos: int,
+    end: int,
+    *,
+    explicit: bool,
+    values: dict[int, bytes],
+    wanted: frozenset[int],
+    last_group: int,
+) -> int:
+    """Walk top-level data elements (little endian) from ``pos``, recording the raw values of ``wanted`` tags.
 
     Args:
         buf: the file head. pos: offset of the first element. end: offset where the buffer ends.
-        explicit: explicit VR (else implicit VR), little endian either way.
-        values: dict to fill with raw values of :data:`_WANTED` tags (None inside sequences).
+        explicit: explicit VR (else implicit VR).
+        values: filled with {tag: raw value bytes}.
+        wanted: tags (group << 16 | element) to record.
+        last_group: stop at the first element of a later group.
 
     Returns:
-        (value offset, value length) of Pixel Data, or None when the buffer ends exactly after an element.
+        The offset where the walk stopped: the first element past ``last_group``, or ``end``.
 
     Raises:
         _TruncatedError: an element runs past ``end``. _WalkError: something the walker does not parse.
     """
-    unpack_tag = _TAG_LEN.unpack_from
-    unpack_u16 = _U16.unpack_from
-    unpack_u32 = _U32.unpack_from
-    wanted = _WANTED
+    explicit_head = _EXPLICIT_HEAD.unpack_from
+    implicit_head = _IMPLICIT_HEAD.unpack_from
+    u32 = _U32.unpack_from
+    long_vrs, short_vrs = _LONG_VRS, _SHORT_VRS
     while pos < end:
         if pos + 8 > end:
             raise _TruncatedError
-        group, element, length = unpack_tag(buf, pos)
-        tag = group << 16 | element
-        nested_explicit = explicit
+        vr = b""
         if explicit:
-            vr = buf[pos + 4 : pos + 6]
-            if vr in _LONG_VRS:
+            group, element, vr, length = explicit_head(buf, pos)
+            if group > last_group:
+                return pos
+            if vr in long_vrs:
                 if pos + 12 > end:
                     raise _TruncatedError
-                length = unpack_u32(buf, pos + 8)[0]
+                length = u32(buf, pos + 8)[0]
                 value = pos + 12
-                nested_explicit = vr != b"UN"
-            elif vr in _SHORT_VRS:
-                length = unpack_u16(buf, pos + 6)[0]
+            elif vr in short_vrs:
                 value = pos + 8
             else:
                 raise _WalkError(f"unexpected VR {vr!r}")
         else:
+            group, element, length = implicit_head(buf, pos)
+            if group > last_group:
+                return pos
             value = pos + 8
-        if tag == _PIXEL_DATA:
-            return value, length
-        if group == 0xFFFE:
-            raise _WalkError("item tag at dataset level")
         if length == _UNDEFINED:
-            pos = _skip_sequence(buf, value, end, explicit=nested_explicit)
+            if group == 0xFFFE:
+                raise _WalkError("item tag at dataset level")
+            pos = _skip_sequence(buf, value, end, explicit=explicit and vr != b"UN")
             continue
         pos = value + length
         if pos > end:
             raise _TruncatedError
-        if values is not None and tag in wanted:
+        tag = group << 16 | element
+        if tag in wanted:
             values[tag] = buf[value:pos]
-    return None
+    return pos
 
 
 def _skip_sequence(buf: bytes, pos: int, end: int, *, explicit: bool) -> int:
@@ -781,7 +780,7 @@ def _skip_sequence(buf: bytes, pos: int, end: int, *, explicit: bool) -> int:
     while True:
         if pos + 8 > end:
             raise _TruncatedError
-        group, element, length = _TAG_LEN.unpack_from(buf, pos)
+        group, element, length = _IMPLICIT_HEAD.unpack_from(buf, pos)
         pos += 8
         if group != 0xFFFE:
             raise _WalkError("expected an item")
@@ -797,36 +796,63 @@ def _skip_item(buf: bytes, pos: int, end: int, *, explicit: bool) -> int:
     while True:
         if pos + 8 > end:
             raise _TruncatedError
-        group, element = struct.unpack_from("<HH", buf, pos)
+        group, element, length = _IMPLICIT_HEAD.unpack_from(buf, pos)
         if group == 0xFFFE and element == _ITEM_END:
             return pos + 8
-        pos = _element_end(buf, pos, end, explicit=explicit)
-
-
-def _element_end(buf: bytes, pos: int, end: int, *, explicit: bool) -> int:
-    """Offset just after the element starting at ``pos`` (nested sequences skipped)."""
-    length = int(_TAG_LEN.unpack_from(buf, pos)[2])
-    nested_explicit = explicit
-    if explicit:
-        vr = buf[pos + 4 : pos + 6]
-        if vr in _LONG_VRS:
-            if pos + 12 > end:
-                raise _TruncatedError
-            length = _U32.unpack_from(buf, pos + 8)[0]
-            value = pos + 12
-            nested_explicit = vr != b"UN"
-        elif vr in _SHORT_VRS:
-            length = _U16.unpack_from(buf, pos + 6)[0]
-            value = pos + 8
+        nested_explicit = explicit
+        if explicit:
+            vr = buf[pos + 4 : pos + 6]
+            if vr in _LONG_VRS:
+                if pos + 12 > end:
+                    raise _TruncatedError
+                length = _U32.unpack_from(buf, pos + 8)[0]
+                value = pos + 12
+                nested_explicit = vr != b"UN"
+            elif vr in _SHORT_VRS:
+                length = _U16.unpack_from(buf, pos + 6)[0]
+                value = pos + 8
+            else:
+                raise _WalkError(f"unexpected VR {vr!r}")
         else:
-            raise _WalkError(f"unexpected VR {vr!r}")
-    else:
-        value = pos + 8
-    if length == _UNDEFINED:
-        return _skip_sequence(buf, value, end, explicit=nested_explicit)
-    if value + length > end:
-        raise _TruncatedError
-    return value + length
+            value = pos + 8
+        if length == _UNDEFINED:
+            pos = _skip_sequence(buf, value, end, explicit=nested_explicit)
+        elif value + length > end:
+            raise _TruncatedError
+        else:
+            pos = value + length
+
+
+def _find_pixel_data(buf: bytes, pos: int, *, explicit: bool) -> tuple[int, int] | None:
+    """(value offset, length) of the Pixel Data element at or after ``pos`` in ``buf``, or None.
+
+    The tag is searched for rather than walked to; a candidate must start at an even offset (element lengths are
+    even) and, in explicit VR, carry VR OB or OW with zero reserved bytes.
+    """
+    while True:
+        found = buf.find(_PIXEL_TAG_BYTES, pos)
+        if found < 0 or found + 12 > len(buf):
+            return None
+        if found % 2 == 0:
+            if not explicit:
+                return found + 8, int(_U32.unpack_from(buf, found + 4)[0])
+            if buf[found + 4 : found + 6] in (b"OB", b"OW") and buf[found + 6 : found + 8] == b"\x00\x00":
+                return found + 12, int(_U32.unpack_from(buf, found + 8)[0])
+        pos = found + 1
+
+
+def _pixel_data_at_end(path: Path, *, size: int, expected: int, explicit: bool) -> tuple[int, int] | None:
+    """Native Pixel Data ending the file (the usual layout) when the header is longer than the head read."""
+    start = size - expected - (12 if explicit else 8)
+    if expected <= 0 or start < 132:
+        return None
+    try:
+        with path.open("rb") as handle:
+            handle.seek(start)
+            element = handle.read(12)
+    except OSError:
+        return None
+    return _find_pixel_data(element, 0, explicit=explicit) if element.startswith(_PIXEL_TAG_BYTES) else None
 
 
 def _header_from_pydicom(path: Path, size: int, *, force: bool) -> _FileHeader:
@@ -1361,6 +1387,12 @@ def _numbers(raw: bytes | None, count: int) -> tuple[float, ...] | None:
     if len(values) != count or not all(math.isfinite(v) for v in values):
         return None
     return values
+
+
+@lru_cache(maxsize=256)
+def _orientation(raw: bytes | None) -> tuple[float, ...] | None:
+    """ImageOrientationPatient from raw bytes; cached, since every slice of a series repeats the same bytes."""
+    return _numbers(raw, 6)
 
 
 def _ds_syntax(ds: Any) -> str:

@@ -161,7 +161,7 @@ def test_mixed_orientation_refused(tmp_path: Path) -> None:
         ("eCT_Supplemental.dcm", None, ""),
         ("dicomdirtests/DICOMDIR", NotCTError, "DICOMDIR"),
         ("ExplVR_LitEndNoMeta.dcm", NotCTError, "RTPLAN"),  # preamble-less, still parsed
-        ("rtplan_truncated.dcm", CorruptDicomError, "truncated"),
+        ("rtplan_truncated.dcm", NotCTError, "modality 'RTPLAN' is not CT"),
         ("README.txt", NotDicomError, "not a DICOM file"),
     ],
 )
@@ -242,16 +242,30 @@ def test_unknown_transfer_syntax(tmp_path: Path) -> None:
         read_series(path)
 
 
-def test_header_longer_than_the_head_read(tmp_path: Path) -> None:
+@pytest.mark.parametrize("group", [0x0009, 0x0029])
+def test_header_longer_than_the_head_read(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, group: int) -> None:
+    # A 48 KB private block before Pixel Data: the header no longer fits the head read. Before group 0028 the
+    # walker cannot finish and pydicom reads the header; after it, Pixel Data is found at the end of the file.
     uid, paths = write_series(tmp_path, n=3)
-    for path in paths:  # a 48 KB private block before Pixel Data: the header no longer fits the head read
+    for path in paths:
         ds = pydicom.dcmread(path)
-        ds.private_block(0x0009, "CTPHASE TEST", create=True).add_new(0x01, "OB", b"\x01" * (3 * dicom.HEAD_BYTES))
+        ds.private_block(group, "CTPHASE TEST", create=True).add_new(0x01, "OB", b"\x01" * (3 * dicom.HEAD_BYTES))
         ds.save_as(path)
     assert paths[0].stat().st_size > 3 * dicom.HEAD_BYTES
+    if group > 0x0028:
+
+        def no_pydicom(*args: object, **kwargs: object) -> None:
+            raise AssertionError("the walker should not need pydicom here")
+
+        monkeypatch.setattr(dicom, "_header_from_pydicom", no_pydicom)
     series = read_series(tmp_path)
     assert series.series_instance_uid == uid
     assert [s.position_mm for s in series.slices] == [0.0, 2.0, 4.0]
+    paths[1].write_bytes(paths[1].read_bytes()[:-10])
+    if group > 0x0028:
+        monkeypatch.undo()
+    with pytest.raises(CorruptDicomError, match="truncated"):
+        read_series(paths[1])
 
 
 def test_preamble_less_ct_is_accepted(tmp_path: Path) -> None:
