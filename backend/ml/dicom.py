@@ -65,6 +65,7 @@ _MAX_LISTED: Final[int] = 3  # examples listed in one problem message
 _IMPLICIT_LE: Final = "1.2.840.10008.1.2"
 _EXPLICIT_LE: Final = "1.2.840.10008.1.2.1"
 _RLE: Final = "1.2.840.10008.1.2.5"
+_DEFLATED: Final = "1.2.840.10008.1.2.1.99"
 _ENCAPSULATED_PREFIX: Final = "1.2.840.10008.1.2.4."
 _DICOMDIR_SOP_CLASS: Final = "1.2.840.10008.1.3.10"
 _CT_SOP_CLASSES: Final[frozenset[str]] = frozenset(
@@ -613,8 +614,13 @@ def _read_header(path: Path) -> _FileHeader:
     except OSError as error:
         raise DicomReadError(path, f"cannot open: {error.strerror}") from None
     try:
+        size = os.fstat(fd).st_size
         head = os.read(fd, HEAD_BYTES)
-        size = len(head) if len(head) < HEAD_BYTES else os.fstat(fd).st_size
+        while len(head) < min(HEAD_BYTES, size):  # short reads (network file systems)
+            more = os.read(fd, min(HEAD_BYTES, size) - len(head))
+            if not more:
+                break
+            head += more
     except OSError as error:
         raise DicomReadError(path, f"cannot read: {error.strerror}") from None
     finally:
@@ -861,6 +867,8 @@ def _header_from_pydicom(path: Path, size: int, *, force: bool) -> _FileHeader:
         with path.open("rb") as handle:
             ds = pydicom.dcmread(handle, stop_before_pixels=True, force=force)
             pixel = _pixel_element(handle, ds)
+        if _ds_syntax(ds) == _DEFLATED:  # the file position says nothing inside the deflated stream
+            pixel = (0, _UNDEFINED) if "PixelData" in pydicom.dcmread(path, force=force) else None
     except OSError as error:
         raise DicomReadError(path, f"cannot read: {error.strerror}") from None
     except Exception as error:  # pydicom raises many types on malformed input
@@ -1241,39 +1249,58 @@ def _decode_file(
     path: Path, targets: list[tuple[int, int | None]], *, out: npt.NDArray[np.float32], rows: int, columns: int
 ) -> None:
     """Decode the frames of one file named in ``targets`` [(row of ``out``, frame)] into ``out`` as HU."""
-    from pydicom.dataset import Dataset
-    from pydicom.pixels.utils import iter_pixels, pixel_array
-
-    header = Dataset()
     frames = sorted({frame for _, frame in targets if frame is not None})
     try:
-        arrays: dict[int | None, Any]
-        if not frames:
-            arrays = {None: pixel_array(path, ds_out=header)}
-        else:
-            tags = [_SHARED_GROUPS, _PER_FRAME_GROUPS]
-            decoded = iter_pixels(path, ds_out=header, specific_tags=tags, indices=frames)
-            arrays = dict(zip(frames, decoded, strict=True))
-    except OSError as error:
-        raise DicomReadError(path, f"cannot read: {error.strerror or error}") from None
-    except NotImplementedError as error:
-        raise UnsupportedTransferSyntaxError(path, f"cannot decode pixel data: {error}") from None
-    except RuntimeError as error:  # pydicom: every plugin failed, or none is installed
-        if "missing dependencies" in str(error):
-            raise UnsupportedTransferSyntaxError(path, f"cannot decode pixel data: {error}") from None
-        raise CorruptDicomError(path, f"cannot decode pixel data: {error}") from None
-    except AttributeError as error:
-        if "Pixel Data" in str(error):
-            raise MissingPixelDataError(path, "no Pixel Data (7FE0,0010) element") from None
-        raise CorruptDicomError(path, f"unreadable DICOM file ({error})") from None
-    except Exception as error:  # decoders raise ValueError, EOFError, struct.error, ... on bad data
-        raise CorruptDicomError(path, f"cannot decode pixel data ({type(error).__name__}: {error})") from None
+        header, arrays = _decode_streaming(path, frames)
+    except Exception as error:  # any failure: retry the plain way, then report the first error
+        try:
+            header, arrays = _decode_whole(path, frames)
+        except Exception:  # the retry failed too: the first error says more
+            raise _decode_error(path, error) from None
     padding = _padding(header)
     for row, frame in targets:
         stored = arrays[frame]
         if stored.shape != (rows, columns):
             raise CorruptDicomError(path, f"decoded image is {stored.shape}, the series is ({rows}, {columns})")
         _to_hu(stored, header, frame=frame, padding=padding, out=out[row])
+
+
+def _decode_streaming(path: Path, frames: list[int]) -> tuple[Any, dict[int | None, Any]]:
+    """pydicom's file-based decoding: reads the header and only the needed frames' bytes."""
+    from pydicom.dataset import Dataset
+    from pydicom.pixels.utils import iter_pixels, pixel_array
+
+    header = Dataset()
+    if not frames:
+        return header, {None: pixel_array(path, ds_out=header)}
+    tags = [_SHARED_GROUPS, _PER_FRAME_GROUPS]
+    decoded = iter_pixels(path, ds_out=header, specific_tags=tags, indices=frames)
+    return header, dict(zip(frames, decoded, strict=True))
+
+
+def _decode_whole(path: Path, frames: list[int]) -> tuple[Any, dict[int | None, Any]]:
+    """Read the whole dataset and decode it (deflated files and anything the streaming path refuses)."""
+    ds = pydicom.dcmread(path, force=True)
+    pixels = ds.pixel_array
+    if not frames:
+        return ds, {None: pixels}
+    if pixels.ndim == 2:
+        pixels = pixels[np.newaxis]
+    return ds, {frame: pixels[frame] for frame in frames}
+
+
+def _decode_error(path: Path, error: Exception) -> DicomReadError:
+    """The typed error for a decoding failure."""
+    if isinstance(error, OSError):
+        return DicomReadError(path, f"cannot read: {error.strerror or error}")
+    if isinstance(error, NotImplementedError) or (
+        isinstance(error, RuntimeError) and "missing dependencies" in str(error)
+    ):
+        return UnsupportedTransferSyntaxError(path, f"cannot decode pixel data: {error}")
+    if isinstance(error, AttributeError) and "Pixel Data" in str(error):
+        return MissingPixelDataError(path, "no Pixel Data (7FE0,0010) element")
+    # decoders raise RuntimeError (every plugin failed), ValueError, EOFError, struct.error, ... on bad data
+    return CorruptDicomError(path, f"cannot decode pixel data ({type(error).__name__}: {error})")
 
 
 def _to_hu(

@@ -7,7 +7,7 @@ from pathlib import Path
 import numpy as np
 import pydicom
 import pytest
-from pydicom.uid import JPEG2000Lossless, JPEGLSLossless, RLELossless, generate_uid
+from pydicom.uid import DeflatedExplicitVRLittleEndian, JPEG2000Lossless, JPEGLSLossless, RLELossless, generate_uid
 
 from backend.ml.dicom import (
     AIR_HU,
@@ -58,6 +58,18 @@ def test_lossless_codecs_round_trip_ct_small(tmp_path: Path, syntax: str) -> Non
     assert pydicom.dcmread(tmp_path / "compressed.dcm", stop_before_pixels=True).file_meta.TransferSyntaxUID == syntax
     np.testing.assert_array_equal(
         read_hu(read_series(tmp_path / "compressed.dcm"), [0]), read_hu(read_series(source), [0])
+    )
+
+
+def test_deflated_file_is_read(tmp_path: Path) -> None:
+    # Deflated explicit VR: the header walker hands over to pydicom, decoding falls back to a whole-file read.
+    source = data_file("CT_small.dcm")
+    ds = pydicom.dcmread(source)
+    ds.file_meta.TransferSyntaxUID = DeflatedExplicitVRLittleEndian
+    ds.save_as(tmp_path / "deflated.dcm")
+    assert source.read_bytes()[-100:] not in (tmp_path / "deflated.dcm").read_bytes()  # really compressed
+    np.testing.assert_array_equal(
+        read_hu(read_series(tmp_path / "deflated.dcm"), [0]), read_hu(read_series(source), [0])
     )
 
 
