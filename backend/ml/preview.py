@@ -77,6 +77,7 @@ KIDNEY_FALLBACK_MM: Final[float] = 50.0
 CORONAL_SLAB_MM: Final[float] = 35.0
 SPINE_MARGIN_MM: Final[float] = 3.0
 VERTEBRA_MIN_WIDTH_MM: Final[float] = 32.0
+VERTEBRA_EDGE_MM: Final[float] = 10.0
 
 _LABEL_COLOUR: Final[tuple[int, int, int]] = (255, 220, 0)
 _TEXT_COLOUR: Final[tuple[int, int, int]] = (235, 235, 235)
@@ -274,6 +275,8 @@ def choose_levels(hu: npt.NDArray[np.float32], geometry: SliceGeometry) -> tuple
     span = max(hi - lo, 1e-9)
 
     upper = rows[z[rows] >= lo + 0.55 * span]
+    if not upper.size:  # a single position: every level is that slice
+        upper = rows
     liver_scores = np.array([_liver_score(hu[i], body[i]) for i in upper])
     liver = PreviewLevel("liver / portal vein", int(upper[int(np.argmax(liver_scores))]), 0.0, "HU")
     if float(liver_scores.max()) <= 0.0:
@@ -439,8 +442,9 @@ def _slab_back_row(hu: npt.NDArray[np.float32], *, pixel_spacing_mm: tuple[float
     """Posterior edge of the coronal slab: ``SPINE_MARGIN_MM`` in front of the vertebral body of this slice.
 
     The vertebral body is found as the first row (from the front, in the posterior 65% of the body) whose dense
-    (> 200 HU) pixels within 10% of the body width from the midline span at least ``VERTEBRA_MIN_WIDTH_MM``;
-    an enhanced aorta is narrower than that, so it is not mistaken for the spine.
+    (> 200 HU) pixels within 10% of the body width from the midline span at least ``VERTEBRA_MIN_WIDTH_MM``
+    (an enhanced aorta is narrower, so it is not mistaken for the spine), then followed forward to its rounded
+    front edge (at most ``VERTEBRA_EDGE_MM``).
     """
     row_mm, col_mm = pixel_spacing_mm
     box = _body_box(hu > BODY_HU)
@@ -454,6 +458,11 @@ def _slab_back_row(hu: npt.NDArray[np.float32], *, pixel_spacing_mm: tuple[float
     rows = np.flatnonzero(dense_width_mm[start : box.bottom] >= VERTEBRA_MIN_WIDTH_MM)
     if rows.size:
         spine_front = start + int(rows[0])
+        # the first row that wide lies a little behind the (rounded) front edge: walk forward while the band
+        # still holds some bone, by at most VERTEBRA_EDGE_MM (an aorta touching the spine stops the walk there)
+        limit = spine_front - round(VERTEBRA_EDGE_MM / row_mm)
+        while spine_front > max(limit, box.top) and dense_width_mm[spine_front - 1] >= 2.0 * col_mm:
+            spine_front -= 1
         return max(box.top, spine_front - round(SPINE_MARGIN_MM / row_mm)), "MIP in front of the spine"
     return box.top + int(0.65 * box.depth), "MIP through the body centre (no spine found)"
 
