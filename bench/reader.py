@@ -1,6 +1,6 @@
 """Reader benchmark: where the time goes when a 300-slice CT series is discovered, sampled and decoded.
 
-Prints, measured in one run on one warm series (best of ``--repeat`` runs each):
+Prints, measured in one run on one warm series (best of ``--repeat`` interleaved runs each):
   (a) reading the raw bytes of every file (the I/O floor),
   (b) discovery + geometric sort from headers (``read_series``),
   (c) decoding a 30 % sample to HU (``read_hu`` on 90 indices),
@@ -11,7 +11,7 @@ For reference it also times a full pydicom header parse of every file (what disc
 The series comes from ``backend.ml.phantom.write_phantom_series`` when that module is available, else it is
 synthesised here (512x512 int16 slices written with pydicom). Usage::
 
-    .venv/bin/python bench/reader.py [--slices 300] [--repeat 5] [--keep DIR]
+    .venv/bin/python bench/reader.py [--slices 300] [--repeat 7] [--runs 2] [--transfer-syntax jpegls] [--keep DIR]
 """
 
 from __future__ import annotations
@@ -31,13 +31,15 @@ import numpy as np
 from backend.ml.dicom import read_hu, read_series
 
 
-def write_series(out: Path, n_slices: int) -> str:
+def write_series(out: Path, n_slices: int, *, transfer_syntax: str) -> str:
     """Write a venous-phase series of ``n_slices`` slices into ``out``; returns a one-line description."""
     try:
         from backend.ml.phantom import write_phantom_series
     except ImportError:
+        if transfer_syntax != "explicit_little":
+            raise SystemExit("compressed series need backend.ml.phantom") from None
         return _synthesise(out, n_slices)
-    record = write_phantom_series(out, phase="venous", seed=0, n_slices=n_slices)
+    record = write_phantom_series(out, phase="venous", seed=0, n_slices=n_slices, transfer_syntax=transfer_syntax)
     return f"phantom series ({record.transfer_syntax}, {record.slice_thickness_mm} mm)"
 
 
@@ -78,15 +80,6 @@ def _synthesise(out: Path, n_slices: int) -> str:
     return "synthesised series (explicit VR little endian; backend.ml.phantom not available)"
 
 
-def _best(fn: Callable[[], Any], repeat: int) -> float:
-    times = []
-    for _ in range(repeat):
-        start = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - start)
-    return min(times)
-
-
 def _read_all(files: list[Path]) -> None:
     for path in files:
         with path.open("rb") as handle:
@@ -101,22 +94,31 @@ def _pydicom_headers(files: list[Path]) -> None:
 
 
 def run(folder: Path, *, repeat: int) -> dict[str, float]:
-    """Time the four steps on the series in ``folder``; returns seconds per step."""
+    """Time the steps on the series in ``folder``; returns the best seconds per step.
+
+    The steps are interleaved (a, b, c, d, a, b, ...) so that a burst of load on a shared machine hits every step
+    alike instead of one step's repeats.
+    """
     files = sorted(p for p in folder.rglob("*") if p.is_file() and p.suffix != ".csv")
     series = read_series(folder)
     n = series.n_slices
     sample = np.sort(np.random.default_rng(0).choice(n, size=round(0.3 * n), replace=False)).tolist()
     _read_all(files)  # warm the page cache
     read_hu(series, sample)
-    return {
-        "a_raw_bytes": _best(lambda: _read_all(files), repeat),
-        "b_discover_sort": _best(lambda: read_series(folder), repeat),
-        "c_decode_sample": _best(lambda: read_hu(series, sample), repeat),
-        "d_decode_all": _best(lambda: read_hu(series, range(n)), repeat),
-        "pydicom_headers": _best(lambda: _pydicom_headers(files), repeat),
-        "n_slices": float(n),
-        "n_sample": float(len(sample)),
+    steps: dict[str, Callable[[], Any]] = {
+        "a_raw_bytes": lambda: _read_all(files),
+        "b_discover_sort": lambda: read_series(folder),
+        "c_decode_sample": lambda: read_hu(series, sample),
+        "d_decode_all": lambda: read_hu(series, range(n)),
+        "pydicom_headers": lambda: _pydicom_headers(files),
     }
+    best = dict.fromkeys(steps, float("inf"))
+    for _ in range(repeat):
+        for name, step in steps.items():
+            start = time.perf_counter()
+            step()
+            best[name] = min(best[name], time.perf_counter() - start)
+    return {**best, "n_slices": float(n), "n_sample": float(len(sample))}
 
 
 def report(t: dict[str, float]) -> None:
@@ -135,7 +137,12 @@ def report(t: dict[str, float]) -> None:
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
     parser.add_argument("--slices", type=int, default=300)
-    parser.add_argument("--repeat", type=int, default=5, help="runs per step; the best is kept")
+    parser.add_argument("--repeat", type=int, default=7, help="interleaved runs per step; the best is kept")
+    parser.add_argument(
+        "--transfer-syntax",
+        default="explicit_little",
+        help="phantom transfer syntax: explicit_little, implicit_little, jpeg2000, jpegls, jpeg_lossless, rle",
+    )
     parser.add_argument("--runs", type=int, default=2, help="independent measurement rounds (noisy machines)")
     parser.add_argument("--keep", type=Path, help="write the series here (reused when it already has files)")
     args = parser.parse_args()
@@ -144,7 +151,7 @@ def main() -> int:
         folder.mkdir(parents=True, exist_ok=True)
         if not any(folder.iterdir()):
             start = time.perf_counter()
-            print(f"writing {write_series(folder, args.slices)} ...", flush=True)
+            print(f"writing {write_series(folder, args.slices, transfer_syntax=args.transfer_syntax)} ...", flush=True)
             print(f"  written in {time.perf_counter() - start:.1f} s")
         print(f"python {sys.version.split()[0]}, {os.cpu_count()} CPUs, series in {folder}")
         ratios = []

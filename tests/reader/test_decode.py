@@ -291,3 +291,32 @@ def test_scan_then_read_a_compressed_folder(tmp_path: Path) -> None:
         assert float(hu.min()) >= -3000.0
         assert float(hu.max()) <= 4000.0
     assert edited in {s.slices[0].path for s in result.series}
+
+
+@pytest.fixture(scope="module")
+def phantom_reference(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, np.ndarray]:
+    """A small uncompressed phantom series and its HU (the phantom writer is another module's code)."""
+    phantom = pytest.importorskip("backend.ml.phantom")
+    folder = tmp_path_factory.mktemp("phantom") / "explicit_little"
+    phantom.write_phantom_series(folder, phase="arterial", seed=3, n_slices=10, matrix=64)
+    series = read_series(folder)
+    return folder.parent, read_hu(series, range(series.n_slices))
+
+
+@pytest.mark.parametrize("syntax", ["jpeg_lossless", "jpegls", "jpeg2000", "rle", "implicit_little"])
+def test_phantom_transfer_syntaxes_decode_to_the_same_hu(
+    phantom_reference: tuple[Path, np.ndarray], syntax: str
+) -> None:
+    # Same seed, another encoding: the phantom's own JPEG Lossless encoder, pydicom's encoders; decoded by plugins.
+    from backend.ml.phantom import write_phantom_series
+
+    root, reference = phantom_reference
+    record = write_phantom_series(
+        root / syntax, phase="arterial", seed=3, n_slices=10, matrix=64, transfer_syntax=syntax
+    )
+    series = read_series(root / syntax)
+    assert pydicom.dcmread(series.slices[0].path, stop_before_pixels=True).file_meta.TransferSyntaxUID != (
+        "1.2.840.10008.1.2.1"
+    )
+    assert series.n_slices == record.n_slices == 10
+    np.testing.assert_array_equal(read_hu(series, range(series.n_slices)), reference)
