@@ -140,14 +140,3 @@ def pixel_data_offset(path: Path) -> int:
     if tag != b"\xe0\x7f\x10\x00":
         raise ValueError(f"{path}: no Pixel Data after the header")
     return start + 12  # tag (4) + VR (2) + reserved (2) + length (4)
-
-
-def new_series_uid() -> str:
-    return str(generate_uid())
-
-
-def dataset_with(**values: Any) -> Dataset:
-    ds = Dataset()
-    for keyword, value in values.items():
-        setattr(ds, keyword, value)
-    return ds
