@@ -19,17 +19,20 @@ levels and the coronal reformat are all taken from that sample.
 Level choice (slices sorted feet -> head, relative z = 0 at the feet end of the coverage):
 
 - *body* slices hold at least 5% of the largest body cross-section (HU > -400); *thorax* slices have more than 15%
-  of their body outline filled with air (lungs) and are dropped unless nothing else is left;
+  of their body outline filled with air (lungs), *leg* slices less than half of the body depth filled along the
+  midline (two thighs); both are dropped unless nothing else is left;
 - *liver / portal vein*: in the upper 45% of the abdominal range, the slice with the most soft tissue
   (20..250 HU) in the patient's right half of the body (image left);
-- *kidneys*: below the liver level, the slice with the largest enhancing-parenchyma area (120..350 HU) in two
-  paravertebral boxes; without enhancement (non-contrast) the slice 50 mm below the liver level;
+- *kidneys*: up to 130 mm below the liver level, the slice with the largest enhancing-parenchyma area
+  (120..350 HU, away from cortical bone) in two paravertebral boxes; without enhancement (non-contrast) the slice
+  50 mm below the liver level;
 - *pelvis*: in the lowest 30% of the range, the slice with the most dense (> 200 HU) midline content
   (excreted contrast in the bladder), else the slice 12% above the bottom of the range.
 
-The coronal panel is a maximum intensity projection over a 35 mm anteroposterior slab ending 3 mm in front of
-the vertebral body at the kidney level (the aorta, the renal hila and the kidneys' anterior halves; the vertebrae
-stay out so they do not hide the aorta), with the body centre as fallback when no vertebra is found. Axial panels
+The coronal panel is a maximum intensity projection over a 35 mm anteroposterior slab that ends just behind an
+enhanced aorta, or 3 mm in front of the vertebral body, at the kidney level (the aorta, the renal hila and the
+kidneys' anterior halves; the vertebrae stay out so they do not hide the aorta), with the body centre as fallback
+when no dense midline structure is found. Axial panels
 use the abdomen window (centre 50, width 400 HU); the coronal MIP uses centre 100, width 500 HU so enhanced vessels
 do not all saturate.
 
@@ -72,12 +75,17 @@ ENHANCED_PARENCHYMA_HU: Final[tuple[float, float]] = (120.0, 350.0)
 DENSE_HU: Final[float] = 200.0
 BONE_HU: Final[float] = 200.0
 THORAX_AIR_FRACTION: Final[float] = 0.15
+LEGS_MIDLINE_FRACTION: Final[float] = 0.5
 MIN_BODY_FRACTION: Final[float] = 0.05
 KIDNEY_FALLBACK_MM: Final[float] = 50.0
+KIDNEY_SEARCH_MM: Final[float] = 130.0
+CORTICAL_BONE_HU: Final[float] = 500.0
 CORONAL_SLAB_MM: Final[float] = 35.0
 SPINE_MARGIN_MM: Final[float] = 3.0
-VERTEBRA_MIN_WIDTH_MM: Final[float] = 32.0
-VERTEBRA_EDGE_MM: Final[float] = 10.0
+MIN_DENSE_WIDTH_MM: Final[float] = 5.0
+AORTA_MAX_MM: Final[float] = 32.0
+SPINE_SEARCH_MM: Final[float] = 40.0
+NO_SPINE: Final[str] = "MIP through the body centre (no spine found)"
 
 _LABEL_COLOUR: Final[tuple[int, int, int]] = (255, 220, 0)
 _TEXT_COLOUR: Final[tuple[int, int, int]] = (235, 235, 235)
@@ -267,7 +275,8 @@ def choose_levels(hu: npt.NDArray[np.float32], geometry: SliceGeometry) -> tuple
     area = body.sum(axis=(1, 2)).astype(np.float64)
     present = area >= MIN_BODY_FRACTION * max(float(area.max()), 1.0)
     thorax = _air_inside_fraction(hu, body) > THORAX_AIR_FRACTION
-    abdomen = present & ~thorax
+    legs = np.array([_midline_body_fraction(b) < LEGS_MIDLINE_FRACTION for b in body])
+    abdomen = present & ~thorax & ~legs
     if not abdomen.any():
         abdomen = present if present.any() else np.ones_like(present)
     rows = np.flatnonzero(abdomen)
@@ -298,7 +307,9 @@ def _kidney_level(
     *,
     liver_sample: int,
 ) -> PreviewLevel:
-    below = rows[geometry.positions_mm[rows] < geometry.positions_mm[liver_sample]]
+    liver_mm = geometry.positions_mm[liver_sample]
+    offset = liver_mm - geometry.positions_mm[rows]
+    below = rows[(offset > 0.0) & (offset <= KIDNEY_SEARCH_MM)]
     candidates = below if below.size else rows
     scores = np.array([_kidney_score(hu[i], body[i]) for i in candidates])
     min_area = 0.002 * hu.shape[1] * hu.shape[2]
@@ -339,6 +350,17 @@ def _air_inside_fraction(hu: npt.NDArray[np.float32], body: npt.NDArray[np.bool_
     air = (inside & (hu < AIR_HU_MAX)).sum(axis=(1, 2)).astype(np.float64)
     fraction: npt.NDArray[np.float64] = np.divide(air, outline, out=np.zeros_like(air), where=outline > 0)
     return fraction
+
+
+def _midline_body_fraction(body: npt.NDArray[np.bool_]) -> float:
+    """Share of the body's depth covered by body pixels in the midline columns (small between two thighs)."""
+    box = _body_box(body)
+    if box is None:
+        return 0.0
+    cx = int(box.centre_x)
+    half = max(1, int(0.02 * box.width))
+    column = body[box.top : box.bottom, max(0, cx - half) : cx + half + 1].all(axis=1)
+    return float(column.mean())
 
 
 @dataclass(frozen=True)
@@ -385,7 +407,11 @@ def _liver_score(hu: npt.NDArray[np.float32], body: npt.NDArray[np.bool_]) -> fl
 
 
 def _kidney_score(hu: npt.NDArray[np.float32], body: npt.NDArray[np.bool_]) -> float:
-    """Enhancing-parenchyma pixels in two paravertebral boxes (12-40% of the width from the midline, posterior)."""
+    """Enhancing-parenchyma pixels in two paravertebral boxes (12-40% of the width from the midline, posterior).
+
+    Pixels within 3 of cortical bone (> 500 HU) are left out: the cancellous bone of the iliac wings and ribs has
+    the same HU as enhancing kidney.
+    """
     box = _body_box(body)
     if box is None:
         return 0.0
@@ -395,18 +421,31 @@ def _kidney_score(hu: npt.NDArray[np.float32], body: npt.NDArray[np.bool_]) -> f
         xa = int(box.centre_x + sign * 0.12 * box.width)
         xb = int(box.centre_x + sign * 0.40 * box.width)
         region = hu[y0:y1, min(xa, xb) : max(xa, xb)]
-        total += float(_in_range(region, ENHANCED_PARENCHYMA_HU).sum())
+        parenchyma = _in_range(region, ENHANCED_PARENCHYMA_HU) & ~_near(region > CORTICAL_BONE_HU, radius=3)
+        total += float(parenchyma.sum())
     return total
 
 
+def _near(mask: npt.NDArray[np.bool_], *, radius: int) -> npt.NDArray[np.bool_]:
+    """``mask`` dilated by ``radius`` pixels (square neighbourhood)."""
+    grown = mask.copy()
+    padded = np.pad(mask, radius)
+    rows, cols = mask.shape
+    for dy in range(-radius, radius + 1):
+        for dx in range(-radius, radius + 1):
+            grown |= padded[radius + dy : radius + dy + rows, radius + dx : radius + dx + cols]
+    return grown
+
+
 def _bladder_score(hu: npt.NDArray[np.float32], body: npt.NDArray[np.bool_]) -> float:
-    """Dense (> 200 HU, < 1000 HU) pixels in the central anterior box, where the bladder lies."""
+    """Dense (> 200 HU, < 1000 HU) pixels in the central anterior box (12% of the width either side of the midline,
+    clear of the femoral heads), where the bladder lies."""
     box = _body_box(body)
     if box is None:
         return 0.0
     region = hu[
         box.top + int(0.15 * box.depth) : box.top + int(0.60 * box.depth),
-        int(box.centre_x - 0.2 * box.width) : int(box.centre_x + 0.2 * box.width),
+        int(box.centre_x - 0.12 * box.width) : int(box.centre_x + 0.12 * box.width),
     ]
     return float(((region > DENSE_HU) & (region < 1000.0)).sum())
 
@@ -432,6 +471,11 @@ def coronal_slab(
     """
     row_mm = geometry.pixel_spacing_mm[0]
     back_row, how = _slab_back_row(hu[reference_sample], pixel_spacing_mm=geometry.pixel_spacing_mm)
+    distance = np.abs(geometry.positions_mm - geometry.positions_mm[reference_sample])
+    for sample in np.argsort(distance, kind="stable")[1:]:
+        if how != NO_SPINE or distance[sample] > SPINE_SEARCH_MM:
+            break  # found at the reference level, or nothing near it: an intervertebral disc may hide the spine
+        back_row, how = _slab_back_row(hu[sample], pixel_spacing_mm=geometry.pixel_spacing_mm)
     back = min(hu.shape[1], back_row + 1)
     front = max(0, back - max(1, round(CORONAL_SLAB_MM / row_mm)))
     slab = hu[:, front:back, :].max(axis=1)
@@ -439,12 +483,16 @@ def coronal_slab(
 
 
 def _slab_back_row(hu: npt.NDArray[np.float32], *, pixel_spacing_mm: tuple[float, float]) -> tuple[int, str]:
-    """Posterior edge of the coronal slab: ``SPINE_MARGIN_MM`` in front of the vertebral body of this slice.
+    """Posterior edge of the coronal slab at this (kidney level) slice, and how it was found.
 
-    The vertebral body is found as the first row (from the front, in the posterior 65% of the body) whose dense
-    (> 200 HU) pixels within 10% of the body width from the midline span at least ``VERTEBRA_MIN_WIDTH_MM``
-    (an enhanced aorta is narrower, so it is not mistaken for the spine), then followed forward to its rounded
-    front edge (at most ``VERTEBRA_EDGE_MM``).
+    Dense (> 200 HU) structures are followed down the midline band (10% of the body width either side) in the
+    posterior 65% of the body, as runs of rows holding at least ``MIN_DENSE_WIDTH_MM`` of them:
+
+    - when the first run is small and round (an enhanced or calcified aorta: at most ``AORTA_MAX_MM`` wide and
+      long) and another run follows (the spine), the slab ends ``SPINE_MARGIN_MM`` behind that aorta;
+    - otherwise the first run is the spine and the slab ends ``SPINE_MARGIN_MM`` in front of it (an unenhanced
+      aorta lies inside the slab);
+    - with no dense run at all, the slab ends at 65% of the body depth.
     """
     row_mm, col_mm = pixel_spacing_mm
     box = _body_box(hu > BODY_HU)
@@ -454,17 +502,27 @@ def _slab_back_row(hu: npt.NDArray[np.float32], *, pixel_spacing_mm: tuple[float
     cx = int(box.centre_x)
     band = hu[:, max(0, cx - half_band) : cx + half_band + 1]
     dense_width_mm = (band > BONE_HU).sum(axis=1) * col_mm
-    start = box.top + int(0.35 * box.depth)
-    rows = np.flatnonzero(dense_width_mm[start : box.bottom] >= VERTEBRA_MIN_WIDTH_MM)
-    if rows.size:
-        spine_front = start + int(rows[0])
-        # the first row that wide lies a little behind the (rounded) front edge: walk forward while the band
-        # still holds some bone, by at most VERTEBRA_EDGE_MM (an aorta touching the spine stops the walk there)
-        limit = spine_front - round(VERTEBRA_EDGE_MM / row_mm)
-        while spine_front > max(limit, box.top) and dense_width_mm[spine_front - 1] >= 2.0 * col_mm:
-            spine_front -= 1
-        return max(box.top, spine_front - round(SPINE_MARGIN_MM / row_mm)), "MIP in front of the spine"
-    return box.top + int(0.65 * box.depth), "MIP through the body centre (no spine found)"
+    runs = _runs(dense_width_mm >= MIN_DENSE_WIDTH_MM, start=box.top + int(0.35 * box.depth), stop=box.bottom)
+    margin = round(SPINE_MARGIN_MM / row_mm)
+    if not runs:
+        return box.top + int(0.65 * box.depth), NO_SPINE
+    first_start, first_stop = runs[0]
+    first_width = float(dense_width_mm[first_start:first_stop].max())
+    if len(runs) > 1 and first_width <= AORTA_MAX_MM and (first_stop - first_start) * row_mm <= AORTA_MAX_MM:
+        return min(first_stop - 1 + margin, runs[1][0] - 1), "MIP through the aorta, in front of the spine"
+    return max(box.top, first_start - margin), "MIP in front of the spine"
+
+
+def _runs(mask: npt.NDArray[np.bool_], *, start: int, stop: int) -> list[tuple[int, int]]:
+    """``[start, stop)`` row ranges where ``mask`` is true, within ``[start, stop)``, gaps of one row bridged."""
+    rows = np.flatnonzero(mask[start:stop]) + start
+    runs: list[tuple[int, int]] = []
+    for row in rows.tolist():
+        if runs and row <= runs[-1][1] + 1:
+            runs[-1] = (runs[-1][0], row + 1)
+        else:
+            runs.append((row, row + 1))
+    return runs
 
 
 def _coronal_aspect(coronal: npt.NDArray[np.float32], geometry: SliceGeometry) -> float:

@@ -111,7 +111,7 @@ def test_coronal_slab_shows_the_aorta_not_the_spine() -> None:
     coronal, how = coronal_slab(vol, _geometry(len(vol)), reference_sample=len(vol) // 2)
     assert coronal.shape == (len(vol), vol.shape[2])
     assert coronal.dtype == np.float32
-    assert how == "MIP in front of the spine"
+    assert how == "MIP through the aorta, in front of the spine"
     centre = vol.shape[2] // 2 + int(0.03 * vol.shape[2])
     assert coronal[len(vol) // 2, centre] == pytest.approx(300.0)  # the aorta, at full brightness
 
