@@ -59,8 +59,7 @@ class Settings(BaseSettings):
     model_store: Path = Path("./model-store")
     default_project: str = Field(
         default="default",
-        min_length=1,
-        max_length=64,
+        pattern=r"^[A-Za-z0-9_][A-Za-z0-9_.\-]{0,63}$",
         description="registry project used when a Label Studio project has no champion of its own, and by the CLI",
     )
     log_json: bool = False
