@@ -38,6 +38,8 @@ logger = logging.getLogger(__name__)
 DEFAULT_WORKDIR: Final[Path] = Path(".ctphase/demo")
 STARTER_EPOCHS: Final[int] = 6
 PRELABEL_TIMEOUT_S: Final[float] = 300.0
+DEMO_MATRIX: Final[tuple[int, ...]] = (256,)
+"""Phantom matrix: small enough to write, train on and pre-label in a few minutes on 2 cores."""
 
 
 def register_demo(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -158,7 +160,7 @@ def ensure_phantoms(paths: DemoPaths, *, per_phase: int) -> None:
     if (paths.phantoms / "labels.csv").is_file():
         return
     print(f"writing {4 * per_phase} phantom series to {paths.phantoms} ...", flush=True)
-    generate_dataset(paths.phantoms, n_per_class=per_phase, seed=0)
+    generate_dataset(paths.phantoms, n_per_class=per_phase, seed=0, matrix_sizes=DEMO_MATRIX)
 
 
 def ensure_starter_model(settings: Settings, paths: DemoPaths, *, epochs: int) -> str:
