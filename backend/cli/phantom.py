@@ -17,7 +17,9 @@ def _matrix_sizes(text: str) -> tuple[int, ...]:
     try:
         sizes = tuple(int(part) for part in text.split(",") if part.strip())
     except ValueError:
-        raise argparse.ArgumentTypeError(f"expected comma-separated integers such as 512 or 256,512; got {text!r}")
+        raise argparse.ArgumentTypeError(
+            f"expected comma-separated integers such as 512 or 256,512; got {text!r}"
+        ) from None
     if not sizes or any(size < 32 or size > 1024 for size in sizes):
         raise argparse.ArgumentTypeError(f"matrix sizes must be in [32, 1024], got {text!r}")
     return sizes
