@@ -250,14 +250,19 @@ async def setup(body: SetupRequest, state: StateDep) -> SetupResponse:
 
 
 @ls_router.post("/predict", dependencies=[BasicAuth])
-async def predict(body: PredictRequest, state: StateDep) -> PredictResponse:
-    """One prediction per task, in order (an unreadable series gets an empty result with score 0)."""
+async def predict(body: PredictRequest, background: BackgroundTasks, state: StateDep) -> PredictResponse:
+    """One prediction per task, in order (an unreadable series gets an empty result with score 0).
+
+    The ``prediction_log`` rows are written after the response is sent (a background task).
+    """
     project = project_from_label_studio(body.project, default=state.settings.default_project)
     target = state.label_configs.target(project, body.label_config)
     if not body.tasks:
         return PredictResponse(results=[])
     tasks = [task.model_dump() for task in body.tasks]
-    outcomes = await to_thread.run_sync(partial(state.inference.predict, tasks, project=project), limiter=state.limiter)
+    run = partial(state.inference.predict, tasks, project=project, record=False)
+    outcomes = await to_thread.run_sync(run, limiter=state.limiter)
+    background.add_task(state.inference.record, outcomes, project=project)
     return PredictResponse(results=[_task_prediction(outcome, target) for outcome in outcomes])
 
 

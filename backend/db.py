@@ -2,7 +2,7 @@
 
 One engine per process and database URL (``make_engine``); sessions come from ``make_session_factory`` with
 ``expire_on_commit=False`` so rows stay readable after commit. SQLite (the embedded default) gets foreign keys
-switched on and a busy timeout; PostgreSQL uses psycopg 3 (``postgresql+psycopg://...``).
+switched on, a busy timeout and write-ahead logging; PostgreSQL uses psycopg 3 (``postgresql+psycopg://...``).
 """
 
 from __future__ import annotations
@@ -66,6 +66,8 @@ def _sqlite_on_connect(dbapi_connection: Any, _record: Any) -> None:
     cursor = dbapi_connection.cursor()
     cursor.execute("PRAGMA foreign_keys=ON")
     cursor.execute("PRAGMA busy_timeout=30000")
+    cursor.execute("PRAGMA journal_mode=WAL")  # readers never wait for the writer (API + embedded worker threads)
+    cursor.execute("PRAGMA synchronous=NORMAL")  # safe with WAL; no fsync per commit
     cursor.close()
 
 

@@ -149,12 +149,14 @@ class InferenceService:
             version = resolve_champion(session, project=project, default_project=self._settings.default_project)
         return version.label if version is not None else PRIOR_VERSION
 
-    def predict(self, tasks: Sequence[Mapping[str, Any]], *, project: str) -> list[TaskOutcome]:
+    def predict(self, tasks: Sequence[Mapping[str, Any]], *, project: str, record: bool = True) -> list[TaskOutcome]:
         """Predict every task, in order (one outcome per task, whatever fails).
 
         Args:
             tasks: Label Studio tasks (``{"id": ..., "data": {...}}``).
             project: registry project (Label Studio project id).
+            record: write the ``prediction_log`` rows before returning; ``/predict`` passes False and calls
+                :meth:`record` after the response is sent, so the database write adds no latency.
 
         Raises:
             ChampionUnavailableError: the champion's artifact cannot be loaded.
@@ -178,7 +180,8 @@ class InferenceService:
         final = [o for o in outcomes if o is not None]
         if len(final) != len(tasks):
             raise RuntimeError(f"{len(final)} outcomes for {len(tasks)} tasks")
-        self._record(final, project=project, serving=serving)
+        if record:
+            self.record(final, project=project)
         return final
 
     # --- steps -------------------------------------------------------------------------------------------------
@@ -318,8 +321,11 @@ class InferenceService:
             latency_ms=seconds * 1000.0,
         )
 
-    def _record(self, outcomes: list[TaskOutcome], *, project: str, serving: _Serving) -> None:
-        self._metrics.served(project=project, model_version=serving.label)
+    def record(self, outcomes: Sequence[TaskOutcome], *, project: str) -> None:
+        """Write one ``prediction_log`` row per outcome (a failure is logged and counted, never raised)."""
+        if not outcomes:
+            return
+        self._metrics.served(project=project, model_version=outcomes[0].model_version)
         rows = [
             PredictionLog(
                 project=project,
