@@ -21,6 +21,8 @@ from backend.errors import (
 )
 from backend.tables import Champion, ChampionEvent, ModelVersion
 
+pytestmark = pytest.mark.integration
+
 
 def _register(
     sessions: sessionmaker[Session], model_dir: Path, store: Path, *, project: str = "default"
