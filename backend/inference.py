@@ -225,10 +225,18 @@ class InferenceService:
         return _Ready(index, task_id, series, prior, started, time.perf_counter() - started)
 
     def _failed(
-        self, task_id: int | None, exc: BaseException, *, serving: _Serving, ref: str, started: float
+        self,
+        task_id: int | None,
+        exc: BaseException,
+        *,
+        serving: _Serving,
+        ref: str,
+        started: float,
+        while_reading: bool = True,
     ) -> TaskOutcome:
         kind, message = describe_error(exc)
-        self._metrics.series_read.labels(outcome="error").inc()
+        if while_reading:
+            self._metrics.series_read.labels(outcome="error").inc()
         self._metrics.errors.labels(kind=kind).inc()
         self._metrics.predictions.labels(source="error").inc()
         logger.warning(
@@ -265,7 +273,7 @@ class InferenceService:
         prediction = outcome.prediction
         if prediction is None:
             exc = outcome.exception or RuntimeError(outcome.error or "no prediction")
-            failed = self._failed(item.task_id, exc, serving=serving, ref="", started=item.started)
+            failed = self._failed(item.task_id, exc, serving=serving, ref="", started=item.started, while_reading=False)
             return replace(failed, series_instance_uid=item.series.series_instance_uid)
         vote = prediction.vote
         priority = review_priority(

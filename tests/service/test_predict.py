@@ -17,7 +17,7 @@ from sqlalchemy import select
 
 from backend.config import Settings
 from backend.db import make_engine, make_session_factory
-from backend.ml.phantom import PhantomRecord, read_labels
+from backend.ml.phantom import PhantomRecord, read_labels, write_phantom_series
 from backend.tables import PredictionLog
 from tests.service.conftest import LABEL_CONFIG, admin_headers
 
@@ -121,6 +121,10 @@ def test_batch_with_bad_tasks_answers_every_task(
     outside = tmp_path / "outside"
     shutil.copytree(phantom_dataset / records[0].relative_dir, outside)
     (dicom_root / "escape").symlink_to(outside, target_is_directory=True)
+    truncated = dicom_root / "truncated"
+    write_phantom_series(truncated, phase="arterial", seed=3, n_slices=8, matrix=64, transfer_syntax="rle")
+    for path in truncated.iterdir():  # headers read fine, pixel data does not decode
+        path.write_bytes(path.read_bytes()[:-200])
     tasks = [
         {"id": 1, "data": {"series": records[0].relative_dir}},
         {"id": 2, "data": {"series": str(dicom_root / "corrupt")}},
@@ -129,6 +133,7 @@ def test_batch_with_bad_tasks_answers_every_task(
         {"id": 5, "data": {"series": str(dicom_root / "escape")}},
         {"id": 6, "data": {"series": str(outside)}},
         {"id": 7, "data": {"series": records[3].relative_dir}},
+        {"id": 8, "data": {"series": "truncated"}},
     ]
     response = client.post("/predict", json={"tasks": tasks, "project": "2.1", "label_config": LABEL_CONFIG})
     assert response.status_code == 200
@@ -139,7 +144,7 @@ def test_batch_with_bad_tasks_answers_every_task(
         assert len(good["result"]) == 1
         assert good["result"][0]["value"]["choices"][0] in DEFAULT_VALUES
         assert 0.0 <= good["score"] <= 1.0
-    for bad in results[1:6]:
+    for bad in [*results[1:6], results[7]]:
         assert bad["result"] == []
         assert bad["score"] == 0.0
     kinds = [row.error.split(":", 1)[0] if row.error else None for row in _log_rows(settings)]
@@ -147,6 +152,7 @@ def test_batch_with_bad_tasks_answers_every_task(
     assert kinds[6] is None
     assert kinds[1].startswith("dicom_")  # type: ignore[union-attr]
     assert kinds[2:6] == ["series_ref_missing", "path_not_allowed", "path_not_allowed", "path_not_allowed"]
+    assert kinds[7] == "dicom_corrupt_dicom"
     for row in _log_rows(settings):
         assert str(tmp_path) not in (row.error or "")
 
