@@ -224,15 +224,14 @@ def upsert_annotations(
         table.c.ls_updated_at.is_(None),
         stmt.excluded.ls_updated_at >= table.c.ls_updated_at,
     )
-    stmt = stmt.on_conflict_do_update(
+    upsert = stmt.on_conflict_do_update(
         index_elements=[table.c.ls_annotation_id],
         set_={column: stmt.excluded[column] for column in updated},
         where=newer,
-    )
-    stmt = stmt.returning(table.c.ls_annotation_id)  # one row per insert or applied update (rowcount is unreliable)
+    ).returning(table.c.ls_annotation_id)  # one row per insert or applied update (rowcount is unreliable)
     changed = 0
     for start in range(0, len(rows), 500):
-        changed += len(session.execute(stmt, rows[start : start + 500]).all())
+        changed += len(session.execute(upsert, rows[start : start + 500]).all())
     return changed
 
 

@@ -169,7 +169,7 @@ def _run_claimed(loop: Loop, job: TrainingJob, *, workdir: Path, heartbeat: _Hea
     from backend.ml.train import TrainingCancelled
 
     try:
-        decision, version_id = _train_and_decide(loop, job, workdir=workdir, heartbeat=heartbeat)
+        decision, text = _train_and_decide(loop, job, workdir=workdir, heartbeat=heartbeat)
     except (TrainingCancelled, CacheBuildCancelledError):
         if heartbeat.lost.is_set():
             logger.warning("training job %d stopped: it was marked failed while running", job.id)
@@ -187,8 +187,8 @@ def _run_claimed(loop: Loop, job: TrainingJob, *, workdir: Path, heartbeat: _Hea
         text = f"{type(error).__name__}: {error}"[:2000]
         _finish(loop, job.id, status="failed", error=text, decision="kept champion (job failed)")
         return "failed"
-    logger.info("training job %d succeeded: %s", job.id, decision.text)
-    if decision.promote and version_id is not None:
+    logger.info("training job %d succeeded: %s", job.id, text)
+    if decision.promote:
         safe_enqueue(lambda: loop.queue.enqueue_prelabel(job.project, None), f"re-scoring of project {job.project}")
     return "succeeded"
 
@@ -207,9 +207,7 @@ def _finish(loop: Loop, job_id: int, *, status: str, error: str | None, decision
 # --- the work ---------------------------------------------------------------------------------------------------
 
 
-def _train_and_decide(
-    loop: Loop, job: TrainingJob, *, workdir: Path, heartbeat: _Heartbeat
-) -> tuple[Decision, int | None]:
+def _train_and_decide(loop: Loop, job: TrainingJob, *, workdir: Path, heartbeat: _Heartbeat) -> tuple[Decision, str]:
     from backend.ml.train import TrainConfig, train_model
 
     settings = loop.settings
@@ -242,8 +240,8 @@ def _train_and_decide(
     decision = evaluate_gate(loop, result=result, champion=champion, holdout=dataset.holdout)
     heartbeat.report_stage("registering", candidate_f1=decision.candidate_f1, champion_f1=decision.champion_f1)
     parent_id = champion.id if champion is not None and init_from is not None else None
-    version_id = _register_and_finish(loop, job, result=result, decision=decision, parent_id=parent_id)
-    return decision, version_id
+    _version_id, text = _register_and_finish(loop, job, result=result, decision=decision, parent_id=parent_id)
+    return decision, text
 
 
 def _default_preset() -> str:
@@ -259,7 +257,15 @@ def _champion(loop: Loop, project: str) -> ModelVersion | None:
 
 def _register_and_finish(
     loop: Loop, job: TrainingJob, *, result: TrainResult, decision: Decision, parent_id: int | None
-) -> int:
+) -> tuple[int, str]:
+    """Register the candidate, promote it if decided, and mark the job succeeded, in one transaction.
+
+    Returns:
+        The candidate's version id and the final decision text (with the candidate's label).
+
+    Raises:
+        JobLostError: the job is no longer running (nothing is registered).
+    """
     settings = loop.settings
     with loop.sessions() as session:
         row = session.get(TrainingJob, job.id, with_for_update=True)
@@ -288,7 +294,7 @@ def _register_and_finish(
         except Exception:
             shutil.rmtree(artifact_path(settings.model_store, version), ignore_errors=True)
             raise
-        return version.id
+        return version.id, text
 
 
 # --- dataset ----------------------------------------------------------------------------------------------------
