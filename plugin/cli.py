@@ -136,7 +136,7 @@ def _status(args: argparse.Namespace) -> int:
         print(f"error: {error}", file=sys.stderr)
         return 1
     print(f"project {project.id} ({project.title!r}): {counts.total} tasks")
-    print(f"  labelled {counts.labeled}, unlabelled {counts.unlabeled}, with predictions {counts.with_predictions}")
+    print(f"  labelled {counts.labeled}, unlabelled {counts.unlabeled}, predictions {counts.predictions}")
     print(f"  project model_version (review order uses it): {model_version or '(none)'}")
     for line in _registry_lines(settings, project=str(project.id)):
         print(f"  {line}")

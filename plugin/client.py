@@ -109,12 +109,12 @@ class ProjectCounts:
     Attributes:
         total: number of tasks.
         labeled: tasks with at least one completed annotation.
-        with_predictions: tasks with at least one prediction (any model version).
+        predictions: prediction objects in the project (all model versions).
     """
 
     total: int
     labeled: int
-    with_predictions: int
+    predictions: int
 
     @property
     def unlabeled(self) -> int:
@@ -391,8 +391,29 @@ def project_counts(client: LabelStudio, *, project: int) -> ProjectCounts:
         raise _api_error(f"reading project {project}", error) from error
     total = int(found.task_number or 0)
     labeled = int(found.num_tasks_with_annotations or 0)
-    with_predictions = int(getattr(found, "total_predictions_number", 0) or 0)
-    return ProjectCounts(total=total, labeled=labeled, with_predictions=with_predictions)
+    predictions = int(found.total_predictions_number or 0)
+    return ProjectCounts(total=total, labeled=labeled, predictions=predictions)
+
+
+def count_tasks_with_predictions(client: LabelStudio, *, project: int, model_version: str | None = None) -> int:
+    """Tasks of the project holding at least one prediction (of ``model_version`` when given).
+
+    Raises:
+        GatewayError: Label Studio answered an error.
+    """
+    try:
+        listed: Iterable[Any] = client.tasks.list(project=project, fields="all")
+        if model_version is None:
+            return sum(1 for task in listed if (task.total_predictions or 0) > 0)
+        return sum(
+            1 for task in listed if any(_get(p, "model_version") == model_version for p in (task.predictions or []))
+        )
+    except ApiError as error:
+        raise _api_error(f"listing tasks of project {project}", error) from error
+
+
+def _get(item: Any, key: str) -> Any:
+    return item.get(key) if isinstance(item, Mapping) else getattr(item, key, None)
 
 
 def project_model_version(client: LabelStudio, *, project: int) -> str:

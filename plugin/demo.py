@@ -277,8 +277,20 @@ def start_label_studio(args: argparse.Namespace, paths: DemoPaths) -> tuple[Loca
     return server, credentials
 
 
+def run_cli(settings: Settings, *args: str, timeout_s: float = 600.0) -> subprocess.CompletedProcess[str]:
+    """Run ``ctphase ARGS`` in a child process configured with ``settings`` (parent ``CTPHASE_*`` dropped)."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("CTPHASE_")}
+    env.update(settings_env(settings))
+    command = [sys.executable, "-c", "from backend.cli import main; raise SystemExit(main())", *args]
+    return subprocess.run(command, env=env, capture_output=True, text=True, timeout=timeout_s, check=False)
+
+
 def wire_label_studio(settings: Settings, paths: DemoPaths) -> tuple[int, int, LabelStudioClient]:
-    """``ls init`` + ``ls import`` of the phantoms; returns (project id, review view id, client)."""
+    """``ls init`` + ``ls import`` of the phantoms; returns (project id, review view id, client).
+
+    New tasks are pre-labelled by the backend on Label Studio's ``TASKS_CREATED`` webhook; when the import created
+    nothing (a second run), ``ctphase jobs prelabel`` predicts whatever an interrupted run left without predictions.
+    """
     from plugin import client as ls
     from plugin.bootstrap import import_path, init_project
 
@@ -291,6 +303,10 @@ def wire_label_studio(settings: Settings, paths: DemoPaths) -> tuple[int, int, L
         f"{len(report.already_imported)} already there, {len(report.skipped)} skipped",
         flush=True,
     )
+    if not report.created:
+        done = run_cli(settings, "jobs", "prelabel", "--project", str(result.project.id))
+        if done.returncode != 0:
+            print(f"pre-labeling failed:\n{done.stderr[-2000:]}", file=sys.stderr)
     return result.project.id, result.view_id, client
 
 
@@ -299,15 +315,18 @@ def wait_for_predictions(client: LabelStudioClient, *, project: int, timeout_s: 
     from plugin import client as ls
 
     deadline = time.monotonic() + timeout_s
-    counts = ls.project_counts(client, project=project)
-    while counts.with_predictions < counts.total and time.monotonic() < deadline:
+    total = ls.project_counts(client, project=project).total
+    done = ls.count_tasks_with_predictions(client, project=project)
+    while done < total and time.monotonic() < deadline:
         time.sleep(2.0)
-        counts = ls.project_counts(client, project=project)
-    return counts.with_predictions
+        done = ls.count_tasks_with_predictions(client, project=project)
+    return done
 
 
 def run_demo(args: argparse.Namespace) -> int:
     """The ``demo`` handler (see the module docstring)."""
+    for noisy in ("httpx", "alembic"):  # one line per HTTP request / migration plugin is not what a demo shows
+        logging.getLogger(noisy).setLevel(logging.WARNING)
     paths = DemoPaths(args.workdir.resolve())
     paths.root.mkdir(parents=True, exist_ok=True)
     ensure_phantoms(paths, per_phase=args.series_per_phase)

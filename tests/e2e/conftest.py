@@ -9,7 +9,6 @@ under the Label Studio's local-files root. Its settings are passed as ``CTPHASE_
 from __future__ import annotations
 
 import subprocess
-import sys
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -19,7 +18,7 @@ from sqlalchemy import Engine
 
 from backend.config import Settings
 from backend.db import make_engine
-from plugin.demo import BackendProcess, settings_env
+from plugin.demo import BackendProcess, run_cli
 from tests.fixtures.label_studio import RunningLabelStudio, free_port
 
 WEBHOOK_SECRET = "e2e-webhook-secret"
@@ -42,12 +41,7 @@ def starter_model_dir(phantom_dataset: Path, tmp_path_factory: pytest.TempPathFa
 
 def run_ctphase(settings: Settings, *args: str, timeout_s: float = 300.0) -> subprocess.CompletedProcess[str]:
     """Run the ``ctphase`` CLI in a subprocess with ``settings`` as environment (parent CTPHASE_* dropped)."""
-    import os
-
-    env = {k: v for k, v in os.environ.items() if not k.startswith("CTPHASE_")}
-    env.update(settings_env(settings))
-    command = [sys.executable, "-c", "from backend.cli import main; raise SystemExit(main())", *args]
-    return subprocess.run(command, env=env, capture_output=True, text=True, timeout=timeout_s, check=False)
+    return run_cli(settings, *args, timeout_s=timeout_s)
 
 
 @dataclass(frozen=True)

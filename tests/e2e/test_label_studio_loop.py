@@ -12,7 +12,8 @@ One scenario, in the order an operator and a radiologist live it:
    ``others``, metadata conflict), as logged by the backend.
 5. Annotations made through the SDK reach the backend by webhook.
 6. "Start training" (``START_TRAINING``) produces a new model version.
-7. After its promotion the project's ``model_version`` follows and the unlabeled tasks are re-scored and re-ordered.
+7. After its promotion the project's ``model_version`` follows and the unlabeled tasks are re-scored and re-ordered;
+   ``ctphase ls status`` reports the counts, the champion and no active job.
 """
 
 from __future__ import annotations
@@ -95,6 +96,13 @@ def test_label_studio_round_trip(
     new_scores = _rescored(client, e2e_backend, project=project, task_ids=unlabeled, model_version=new_label)
     listed = [t.id for t in _tasks(client, project, view=view_id) if t.id in new_scores]
     assert listed == sorted(new_scores, key=lambda t: (new_scores[t], t))
+
+    status = run_ctphase(settings, "ls", "status")
+    assert status.returncode == 0, status.stderr
+    assert f"labelled {len(annotated)}, unlabelled {N_UNLABELED}" in status.stdout, status.stdout
+    assert f"model_version (review order uses it): {new_label}" in status.stdout
+    assert f"champion: {new_label}" in status.stdout
+    assert "training: no active job" in status.stdout
 
 
 # --- steps ----------------------------------------------------------------------------------------------------------
