@@ -424,6 +424,21 @@ def project_model_version(client: LabelStudio, *, project: int) -> str:
         raise _api_error(f"reading project {project}", error) from error
 
 
+def ensure_project_model_version(client: LabelStudio, *, project: int, model_version: str) -> bool:
+    """Point the project's ``model_version`` at ``model_version`` unless it already is; True when it changed.
+
+    Raises:
+        GatewayError: Label Studio refused (it must name an existing prediction version or backend title).
+    """
+    if project_model_version(client, project=project) == model_version:
+        return False
+    try:
+        client.projects.update(id=project, model_version=model_version)
+    except ApiError as error:
+        raise _api_error(f"setting model_version of project {project}", error) from error
+    return True
+
+
 def _require_id(value: int | None, what: str) -> int:
     if value is None:
         raise GatewayError(f"Label Studio returned a {what} without an id")

@@ -323,6 +323,18 @@ def wait_for_predictions(client: LabelStudioClient, *, project: int, timeout_s: 
     return done
 
 
+def follow_serving_version(client: LabelStudioClient, *, project: int, model_version: str) -> None:
+    """Make sure the project's ``model_version`` names the serving version, so "Review first" sorts by its scores.
+
+    The backend's pre-labeling sets it after writing predictions; when Label Studio itself fetched them through
+    ``/predict`` (opening a task without predictions does that), nothing was written and the project may still
+    carry the ML backend's title. Setting it again is harmless.
+    """
+    from plugin import client as ls
+
+    ls.ensure_project_model_version(client, project=project, model_version=model_version)
+
+
 def run_demo(args: argparse.Namespace) -> int:
     """The ``demo`` handler (see the module docstring)."""
     for noisy in ("httpx", "alembic"):  # one line per HTTP request / migration plugin is not what a demo shows
@@ -352,6 +364,7 @@ def run_demo(args: argparse.Namespace) -> int:
             project, view, client = wire_label_studio(settings, paths)
             n = wait_for_predictions(client, project=project)
             print(f"{n} tasks pre-labelled", flush=True)
+            follow_serving_version(client, project=project, model_version=champion)
             lines.insert(0, f"Label Studio  {server.url}/projects/{project}/data?tab={view}  ('Review first' tab)")
             lines.insert(1, f"              login {credentials.email} / {credentials.password}")
         print("\nctphase demo is running:\n  " + "\n  ".join(lines) + "\nCtrl-C stops everything.", flush=True)
