@@ -295,6 +295,8 @@ class _Producer:
         series: SeriesInfo | None = None
         try:
             series = read_series(source) if isinstance(source, Path) else source
+            if series.n_slices == 0:
+                raise ValueError(f"series {series.series_instance_uid} has no slices to classify")
             classified, voted = _plan(series, self._options)
             self._put(_SeriesStart(key, label, series, classified, voted, started))
             step = self._options.chunk_size
