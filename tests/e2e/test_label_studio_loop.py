@@ -178,7 +178,11 @@ def _prelabeled(
         (item,) = prediction.result
         assert (item["from_name"], item["to_name"], item["type"]) == ("phase", "image", "choices")
         assert item["value"]["choices"][0] in PHASE_LABELS.values()
-    assert ls.project_model_version(client, project=project) == model_version
+    assert ls.project_model_version(client, project=project) == model_version, (
+        "the backend did not point the project's model_version at the serving version, so 'Review first' cannot "
+        "sort by its scores (when Label Studio fetched the predictions itself through /predict, the pre-labeling "
+        "run wrote nothing and left model_version alone)"
+    )
     return found
 
 
