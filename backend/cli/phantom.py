@@ -13,6 +13,13 @@ def _positive_int(text: str) -> int:
     return value
 
 
+def _non_negative_int(text: str) -> int:
+    value = int(text)
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"must be >= 0, got {text}")
+    return value
+
+
 def _matrix_sizes(text: str) -> tuple[int, ...]:
     try:
         sizes = tuple(int(part) for part in text.split(",") if part.strip())
@@ -51,7 +58,12 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
         default=None,
         help="image matrix size(s), e.g. 512 or 256,384,512 (drawn uniformly); default: the archive-like mix",
     )
-    parser.add_argument("--max-slices", type=_positive_int, default=None, help="cap slices per series (spacing grows)")
+    parser.add_argument(
+        "--max-slices",
+        type=_non_negative_int,
+        default=64,
+        help="cap on slices per series: longer coverages get a wider spacing (default 64; 0 = no cap, far more data)",
+    )
     parser.add_argument("--workers", type=_positive_int, default=2, help="processes (default 2)")
     parser.set_defaults(func=_run)
 
@@ -71,7 +83,7 @@ def _run(args: argparse.Namespace) -> int:
             seed=args.seed,
             compression=args.compression,
             matrix_sizes=args.matrix,
-            max_slices=args.max_slices,
+            max_slices=args.max_slices or None,
             workers=args.workers,
         )
     except (PhantomError, ValueError) as error:

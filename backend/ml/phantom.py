@@ -395,17 +395,27 @@ def _draw_series(
     syntax = study.transfer_syntax
     if compression == "mixed" and rng.random() < 0.3:
         syntax = str(_choice(rng, _MIXED_SYNTAXES))
-    description, wrong = _draw_description(rng, subphase, thickness, kernel)
-    contrast = subphase != "native"
-    if contrast:
-        agent = _AGENTS[int(rng.integers(0, len(_AGENTS)))] if rng.random() < 0.85 else ""
-    else:
-        agent = _AGENTS[int(rng.integers(0, len(_AGENTS)))] if has_contrast_study and rng.random() < 0.1 else ""
-    bolus_start = study.injection_s if contrast and agent and rng.random() < 0.75 else None
-    uid_key = f"{uid_prefix}/{study.study_number}/{index_in_study}"
+    breath_shift = float(rng.uniform(-10.0, 10.0))
+    blur = float(rng.uniform(0.45, 0.8) if kernel_sharp else rng.uniform(0.6, 1.1))
+    sharpen = float(rng.uniform(0.6, 1.4)) if kernel_sharp else 0.0
+    numbering = str(_choice(rng, _INSTANCE_NUMBERINGS))
+    window = (
+        float(_choice(rng, ((40.0, 0.5), (50.0, 0.3), (60.0, 0.2)))),
+        float(_choice(rng, ((400.0, 0.6), (350.0, 0.4)))),
+    )
     series_dir = _hex(rng)
     if rng.random() < 0.15:
         series_dir = f"{series_dir}/DICOM"
+    # Phase-dependent metadata last: every draw above is the same for every phase of a given generator state.
+    description, wrong = _draw_description(rng, subphase, thickness, kernel)
+    contrast = subphase != "native"
+    agent_roll, agent_index = float(rng.random()), int(rng.integers(0, len(_AGENTS)))
+    if contrast:
+        agent = _AGENTS[agent_index] if agent_roll < 0.85 else ""
+    else:
+        agent = _AGENTS[agent_index] if has_contrast_study and agent_roll < 0.1 else ""
+    bolus_start = study.injection_s if contrast and agent and rng.random() < 0.75 else None
+    uid_key = f"{uid_prefix}/{study.study_number}/{index_in_study}"
     return SeriesPlan(
         seed=int(np.random.SeedSequence([seed, study.study_number, index_in_study, 0x5E41]).generate_state(1)[0]),
         uid_key=uid_key,
@@ -428,13 +438,13 @@ def _draw_series(
         fov_mm=study.fov_mm,
         fov_centre_mm=study.fov_centre_mm,
         patient_offset_mm=study.patient_offset_mm,
-        breath_shift_mm=float(rng.uniform(-10.0, 10.0)),
+        breath_shift_mm=breath_shift,
         manufacturer=manufacturer,
         model=model,
         kernel=kernel,
         kernel_sharp=kernel_sharp,
-        blur_mm=float(rng.uniform(0.45, 0.8) if kernel_sharp else rng.uniform(0.6, 1.1)),
-        sharpen=float(rng.uniform(0.6, 1.4)) if kernel_sharp else 0.0,
+        blur_mm=blur,
+        sharpen=sharpen,
         noise_hu=noise,
         kvp=study.kvp,
         circular_fov=study.circular_fov,
@@ -443,13 +453,10 @@ def _draw_series(
         series_description=description,
         description_is_wrong=wrong,
         contrast_agent=agent,
-        instance_numbering=str(_choice(rng, _INSTANCE_NUMBERINGS)),
+        instance_numbering=numbering,
         file_naming=study.file_naming,
         relative_dir=f"{study.study_dir}/{series_dir}",
-        window=(
-            float(_choice(rng, ((40.0, 0.5), (50.0, 0.3), (60.0, 0.2)))),
-            float(_choice(rng, ((400.0, 0.6), (350.0, 0.4)))),
-        ),
+        window=window,
     )
 
 
@@ -550,6 +557,9 @@ def plan_series(
 ) -> SeriesPlan:
     """Plan one series of a single-series study (benchmarks, tests).
 
+    For a given seed every phase gets the same patient and the same nuisance draws (coverage, thickness, noise,
+    kernel, ...): only the physiology and the phase-related metadata differ, a paired design for tests.
+
     Args:
         phase: the label; its sub-phase is drawn (``others``: delayed, early arterial or transitional) unless given.
         seed: the seed (patient, anatomy, every draw).
@@ -566,8 +576,9 @@ def plan_series(
     label = as_phase(phase)
     rng = np.random.default_rng([seed, 0x51C])
     if subphase is None:
+        others = tuple(zip(OTHERS_SUBPHASES, OTHERS_WEIGHTS, strict=True))
         subphase = {"non_contrast": "native", "arterial": "late_arterial", "venous": "portal_venous"}.get(label) or str(
-            _choice(rng, tuple(zip(OTHERS_SUBPHASES, OTHERS_WEIGHTS, strict=True)))
+            _choice(np.random.default_rng([seed, 0x5B]), others)
         )
     if subphase not in SUBPHASES or SUBPHASE_PHASE[subphase] != label:
         raise PhantomError(f"sub-phase {subphase!r} is not a sub-phase of {label!r}")
@@ -589,9 +600,12 @@ def plan_series(
     )
     if coverage is not None:
         study = replace(study, coverage=coverage)
-    acquisition = (
-        study.study_time_s if subphase == "native" else study.injection_s + float(rng.uniform(*SCAN_DELAY_S[subphase]))
-    )
+    position = float(rng.uniform(0.0, 1.0))  # drawn for every phase so that the draws below do not depend on it
+    if subphase == "native":
+        acquisition = study.study_time_s
+    else:
+        lo, hi = SCAN_DELAY_S[subphase]
+        acquisition = study.injection_s + lo + (hi - lo) * position
     plan = _draw_series(
         rng,
         seed=seed,
@@ -696,6 +710,9 @@ class _Renderer:
         xx = self.grid.x_mm[None, :] - np.float32(plan.fov_centre_mm[0])
         self.outside = (xx * xx + yy * yy) > np.float32((plan.fov_mm / 2.0) ** 2) if plan.circular_fov else None
         self.representation, self.bits, self.intercept, self.slope, self.padding = _RESCALES[plan.rescale]
+        # Partial volume along z: thick slices average the anatomy over their thickness (centre first).
+        third = plan.slice_thickness_mm / 3.0
+        self.partial_volume_offsets = (0.0, -third, third) if plan.slice_thickness_mm >= 2.0 else (0.0,)
 
     def _kernel_filter(self, image: npt.NDArray[np.float32]) -> npt.NDArray[np.float32]:
         """System blur (smooth kernels) or blur + unsharp masking (sharp kernels). float32 [y, x] -> [y, x]."""
@@ -715,9 +732,19 @@ class _Renderer:
         plan = self.plan
         s = float(plan.s_positions_mm[index])
         coarse = self.coarse.sample(s, self.grid.x_mm, self.grid.y_mm)
-        labels = paint_labels(self.shapes, s=s, grid=self.grid, breath_shift_mm=plan.breath_shift_mm, warp=coarse)
         fine = self.fine.sample(s, self.grid.x_mm, self.grid.y_mm)
-        clean = tissue_hu(labels, self.attenuation, coarse=coarse, fine=fine, x_mm=self.grid.x_mm, y_mm=self.grid.y_mm)
+        labels = np.empty((0, 0), dtype=np.uint8)
+        clean = np.zeros(coarse.shape, dtype=np.float32)
+        for offset in self.partial_volume_offsets:
+            sub_labels = paint_labels(
+                self.shapes, s=s + offset, grid=self.grid, breath_shift_mm=plan.breath_shift_mm, warp=coarse
+            )
+            clean += tissue_hu(
+                sub_labels, self.attenuation, coarse=coarse, fine=fine, x_mm=self.grid.x_mm, y_mm=self.grid.y_mm
+            )
+            if offset == 0.0:
+                labels = sub_labels
+        clean *= np.float32(1.0 / len(self.partial_volume_offsets))
         rng = np.random.default_rng([plan.seed, 0x1015E, index])
         white = rng.standard_normal(clean.shape, dtype=np.float32)
         white *= np.float32(plan.noise_hu / self.noise_gain)

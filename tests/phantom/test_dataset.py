@@ -14,6 +14,7 @@ import pytest
 
 from backend.cli import phantom as phantom_cli
 from backend.ml.phantom import (
+    DEFAULT_MAX_SLICES,
     LABEL_COLUMNS,
     PhantomError,
     generate_dataset,
@@ -204,3 +205,6 @@ def test_cli_writes_a_dataset(tmp_path: Path, capsys: pytest.CaptureFixture[str]
     assert "not empty" in capsys.readouterr().err
     with pytest.raises(SystemExit):
         parser.parse_args(["phantom", str(out), "--n-per-class", "1", "--matrix", "12"])
+    defaults = parser.parse_args(["phantom", str(out), "--n-per-class", "1"])
+    assert defaults.max_slices == DEFAULT_MAX_SLICES
+    assert defaults.matrix is None
