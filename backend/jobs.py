@@ -239,15 +239,17 @@ def cancel_job(loop: Loop, job_id: int) -> TrainingJob:
             .where(TrainingJob.id == job_id, TrainingJob.status == "queued")
             .values(status="cancelled", cancel_requested=True, finished_at=now, decision="cancelled before start")
         )
-        if queued.rowcount == 0:  # type: ignore[attr-defined]
-            session.execute(
+        changed = bool(queued.rowcount)  # type: ignore[attr-defined]
+        if not changed:
+            running = session.execute(
                 update(TrainingJob)
                 .where(TrainingJob.id == job_id, TrainingJob.status == "running")
                 .values(cancel_requested=True)
             )
+            changed = bool(running.rowcount)  # type: ignore[attr-defined]
         session.commit()
     job = get_job(loop, job_id)
-    if job.status not in ACTIVE_JOB_STATUSES and not job.cancel_requested:
+    if not changed:
         raise JobStateError(f"training job {job_id} already finished ({job.status}); nothing to cancel")
     return job
 
