@@ -733,7 +733,7 @@ class _Renderer:
         s = float(plan.s_positions_mm[index])
         coarse = self.coarse.sample(s, self.grid.x_mm, self.grid.y_mm)
         fine = self.fine.sample(s, self.grid.x_mm, self.grid.y_mm)
-        labels = np.empty((0, 0), dtype=np.uint8)
+        labels: npt.NDArray[np.uint8] = np.empty((0, 0), dtype=np.uint8)
         clean = np.zeros(coarse.shape, dtype=np.float32)
         for offset in self.partial_volume_offsets:
             sub_labels = paint_labels(
