@@ -1087,6 +1087,9 @@ def generate_dataset(
     Returns:
         One record per series, sorted by SeriesInstanceUID (the row order of labels.csv).
 
+    Cost with the defaults: ``n_per_class=40`` writes 160 series, ~10,000 slices, ~2.2 GB, in ~270 CPU seconds
+    (about 2.5 minutes on 2 free cores with ``workers=2``).
+
     Raises:
         PhantomError: invalid options or a non-empty ``out_dir``.
     """
