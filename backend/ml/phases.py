@@ -22,7 +22,7 @@ def phase_index(name: str) -> int:
         ValueError: the name is not a known phase (the message lists the valid ones).
     """
     try:
-        return PHASES.index(name)  # type: ignore[arg-type]
+        return PHASES.index(name)
     except ValueError:
         raise ValueError(f"unknown phase {name!r}; expected one of {', '.join(PHASES)}") from None
 
