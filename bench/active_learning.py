@@ -3,8 +3,9 @@
 A simulated radiologist labels series with the phantom ground truth. Both strategies start from the same seed
 labels and the same first model; then, each round, the current model predicts every unlabeled pool series, the
 queue is ordered (ctphase: ascending review score = :func:`backend.ml.priority.review_priority` with the DICOM
-metadata prior; random: a seeded shuffle), the radiologist labels the first ``--budget`` series, and a new model is
-trained from scratch on all labels so far. Reported per strategy and round:
+metadata prior; random: a seeded shuffle), the radiologist labels the first ``--budget`` series, and the model is
+retrained on all labels so far, warm-started from the previous model as the service does
+(``Settings.train_warm_start``; ``--cold`` trains from scratch). Reported per strategy and round:
 
 - series-level macro F1 on held-out test studies (never labeled, never trained on);
 - of the current model's errors on the unlabeled pool, the share found in the first 10 % and 20 % of the queue
@@ -20,6 +21,7 @@ from __future__ import annotations
 
 import argparse
 import csv
+import dataclasses
 import hashlib
 import logging
 import math
@@ -34,12 +36,12 @@ import numpy as np
 
 from backend.ml.dataset import LabeledSeries
 from backend.ml.evaluate import confusion_matrix, scores_from_confusion
-from backend.ml.network import LoadedModel, load_model
+from backend.ml.network import LoadedModel, get_preset, load_model
+from backend.ml.phantom import generate_dataset
 from backend.ml.phases import phase_index
 from backend.ml.predict import SeriesPrediction, predict_series
 from backend.ml.prior import metadata_prior
 from backend.ml.priority import review_priority
-from backend.ml.starter import ensure_phantoms
 from backend.ml.train import TrainConfig, load_labeled_series, train_model
 
 log = logging.getLogger("bench.active_learning")
@@ -70,12 +72,17 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument("--out", type=Path, default=Path("bench-results/active_learning"))
     parser.add_argument("--data", type=Path, default=None, help="phantom dataset to reuse (generated when missing)")
     parser.add_argument("--n-per-class", type=int, default=12, help="phantom series per phase")
+    parser.add_argument("--matrix", type=int, default=128, help="phantom image size (pixels)")
+    parser.add_argument("--max-slices", type=int, default=24, help="phantom slices per series at most")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--initial", type=int, default=8, help="seed labels (random, shared by both strategies)")
     parser.add_argument("--budget", type=int, default=6, help="labels per round")
     parser.add_argument("--rounds", type=int, default=3)
-    parser.add_argument("--epochs", type=int, default=4)
+    parser.add_argument("--epochs", type=int, default=6)
     parser.add_argument("--preset", default="cpu")
+    parser.add_argument("--image-size", type=int, default=64, help="override the preset's input size (pixels)")
+    parser.add_argument("--slices-per-series", type=int, default=16)
+    parser.add_argument("--cold", action="store_true", help="retrain from scratch instead of warm-starting")
     parser.add_argument("--test-fraction", type=float, default=0.3, help="share of studies held out for testing")
     parser.add_argument("--sample-fraction", type=float, default=0.3)
     parser.add_argument("--threads", type=int, default=2)
@@ -103,13 +110,16 @@ class Simulation:
         self.workdir = workdir
         self.cache_dir = workdir / "slice-cache"
         self._n_models = 0
+        base = get_preset(args.preset)
+        self.preset = dataclasses.replace(base, name=f"{base.name}-{args.image_size}px", image_size=args.image_size)
 
-    def train(self, labeled: Sequence[LabeledSeries]) -> tuple[LoadedModel, float]:
+    def train(self, labeled: Sequence[LabeledSeries], *, init_from: Path | None) -> tuple[Path, LoadedModel, float]:
         self._n_models += 1
         out = self.workdir / f"model-{self._n_models}"
         config = TrainConfig(
-            preset=self.args.preset,
+            preset=self.preset,
             epochs=self.args.epochs,
+            slices_per_series=self.args.slices_per_series,
             seed=self.args.seed,
             val_fraction=0.0,
             device="cpu",
@@ -117,9 +127,9 @@ class Simulation:
             cache_dir=self.cache_dir,
         )
         started = time.perf_counter()
-        train_model(list(labeled), out_dir=out, config=config)
+        train_model(list(labeled), out_dir=out, config=config, init_from=None if self.args.cold else init_from)
         seconds = time.perf_counter() - started
-        return load_model(out, device="cpu", threads=self.args.threads), seconds
+        return out, load_model(out, device="cpu", threads=self.args.threads), seconds
 
     def predict(self, model: LoadedModel, examples: Sequence[LabeledSeries]) -> list[SeriesPrediction]:
         return [predict_series(model, e.series, sample_fraction=self.args.sample_fraction) for e in examples]
@@ -167,19 +177,27 @@ def run(args: argparse.Namespace) -> list[RoundResult]:
         workdir = Path(tmp)
         data = args.data or workdir / "phantoms"
         started = time.perf_counter()
-        ensure_phantoms(data, n_per_class=args.n_per_class, seed=args.seed)
+        if not (data / "labels.csv").is_file():
+            generate_dataset(
+                data,
+                n_per_class=args.n_per_class,
+                seed=args.seed,
+                matrix_sizes=(args.matrix,),
+                max_slices=args.max_slices,
+            )
         examples = load_labeled_series(data, data / "labels.csv")
         log.info("%d phantom series ready in %.0f s", len(examples), time.perf_counter() - started)
         pool, test = split_test(examples, fraction=args.test_fraction, seed=args.seed)
         rng = np.random.default_rng(args.seed)
         initial = [int(i) for i in rng.choice(len(pool), size=min(args.initial, len(pool)), replace=False)]
         sim = Simulation(args, workdir)
-        first_model, first_seconds = sim.train([pool[i] for i in initial])
+        first_dir, first_model, first_seconds = sim.train([pool[i] for i in initial], init_from=None)
         first_f1 = sim.macro_f1(test, sim.predict(first_model, test))
         log.info("pool %d, test %d series; round 0 macro F1 %.3f", len(pool), len(test), first_f1)
         results: list[RoundResult] = []
         for strategy in STRATEGIES:
-            results.extend(_simulate(sim, strategy, pool, test, initial, first_model, first_f1, first_seconds))
+            start = (first_dir, first_model, first_f1, first_seconds)
+            results.extend(_simulate(sim, strategy, pool, test, initial, start))
         return results
 
 
@@ -189,10 +207,9 @@ def _simulate(
     pool: Sequence[LabeledSeries],
     test: Sequence[LabeledSeries],
     initial: Sequence[int],
-    model: LoadedModel,
-    test_f1: float,
-    train_seconds: float,
+    start: tuple[Path, LoadedModel, float, float],
 ) -> list[RoundResult]:
+    model_dir, model, test_f1, train_seconds = start
     args = sim.args
     rng = np.random.default_rng(args.seed + 1)
     labeled = list(initial)
@@ -224,7 +241,7 @@ def _simulate(
         if round_number == args.rounds or not candidates:
             break
         labeled += [unlabeled[k] for k in order[: args.budget]]  # the radiologist answers with the ground truth
-        model, train_seconds = sim.train([pool[i] for i in labeled])
+        model_dir, model, train_seconds = sim.train([pool[i] for i in labeled], init_from=model_dir)
         test_f1 = sim.macro_f1(test, sim.predict(model, test))
     return rows
 
@@ -242,17 +259,15 @@ def write_outputs(results: Sequence[RoundResult], out: Path) -> tuple[Path, Path
     import matplotlib.pyplot as plt
 
     fig, (left, right) = plt.subplots(1, 2, figsize=(11, 4))
+    colors = {"ctphase": "tab:blue", "random": "tab:orange"}
     for strategy in STRATEGIES:
         rows = [r for r in results if r.strategy == strategy]
-        left.plot([r.n_labels for r in rows], [r.test_macro_f1 for r in rows], marker="o", label=strategy)
-        right.plot([r.round for r in rows], [r.errors_in_top20 for r in rows], marker="o", label=f"{strategy}, top 20%")
-        right.plot(
-            [r.round for r in rows],
-            [r.errors_in_top10 for r in rows],
-            marker="x",
-            ls="--",
-            label=f"{strategy}, top 10%",
-        )
+        color = colors[strategy]
+        left.plot([r.n_labels for r in rows], [r.test_macro_f1 for r in rows], marker="o", color=color, label=strategy)
+        rounds = [r.round for r in rows]
+        right.plot(rounds, [r.errors_in_top20 for r in rows], marker="o", color=color, label=f"{strategy}, top 20%")
+        top10 = [r.errors_in_top10 for r in rows]
+        right.plot(rounds, top10, marker="x", ls="--", color=color, label=f"{strategy}, top 10%")
     left.set(xlabel="labels", ylabel="test series macro F1", title="Model quality at equal label budgets")
     right.set(xlabel="round", ylabel="share of model errors found", ylim=(0, 1.05), title="Errors early in the queue")
     left.legend()
