@@ -105,7 +105,10 @@ def prelabel_tasks(loop: Loop, *, project: str, task_ids: Sequence[int] | None =
                 report.skipped = "stopped by shutdown"
                 break
             _predict_batch(loop, gateway, batch, project=project, target=target, report=report)
-    if report.written:
+    if report.written or report.already_predicted:
+        # Also when nothing was written here: Label Studio may have fetched the predictions itself through
+        # /predict (e.g. when a task is opened or read with predictions shown), and the project's model_version
+        # must still name the serving version or the score ordering ignores them.
         gateway.set_project_model_version(project, label)
     logger.info("pre-labeling of project %s: %s", project, report.as_dict())
     return report
