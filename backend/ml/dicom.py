@@ -216,23 +216,23 @@ class SliceRef:
 class SeriesMetadata:
     """Series-level attributes useful for phase recognition and review; no patient identifiers.
 
-    Times are DICOM TM strings (HHMMSS.FFFFFF), dates DA (YYYYMMDD); empty when absent. ``study_date`` must not
-    be logged.
+    Times are DICOM TM strings (HHMMSS.FFFFFF), dates DA (YYYYMMDD); empty (or None) when absent, which is the
+    default of every field. ``study_date`` must not be logged.
     """
 
-    series_description: str
-    series_number: int | None
-    body_part_examined: str
-    contrast_bolus_agent: str
-    contrast_bolus_route: str
-    contrast_bolus_volume_ml: float | None
-    contrast_bolus_start_time: str
-    acquisition_time: str
-    series_time: str
-    study_date: str
-    manufacturer: str
-    convolution_kernel: str
-    kvp: float | None
+    series_description: str = ""
+    series_number: int | None = None
+    body_part_examined: str = ""
+    contrast_bolus_agent: str = ""
+    contrast_bolus_route: str = ""
+    contrast_bolus_volume_ml: float | None = None
+    contrast_bolus_start_time: str = ""
+    acquisition_time: str = ""
+    series_time: str = ""
+    study_date: str = ""
+    manufacturer: str = ""
+    convolution_kernel: str = ""
+    kvp: float | None = None
 
 
 @dataclass(frozen=True)
@@ -1214,21 +1214,7 @@ def _series_metadata(
     return metadata, thickness, pixel_spacing
 
 
-_EMPTY_METADATA: Final = SeriesMetadata(
-    series_description="",
-    series_number=None,
-    body_part_examined="",
-    contrast_bolus_agent="",
-    contrast_bolus_route="",
-    contrast_bolus_volume_ml=None,
-    contrast_bolus_start_time="",
-    acquisition_time="",
-    series_time="",
-    study_date="",
-    manufacturer="",
-    convolution_kernel="",
-    kvp=None,
-)
+_EMPTY_METADATA: Final = SeriesMetadata()
 
 
 def _replace_acquisition(metadata: SeriesMetadata, acquisition_time: str) -> SeriesMetadata:

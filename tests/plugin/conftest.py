@@ -14,21 +14,7 @@ SeriesFactory = Callable[..., SeriesInfo]
 
 
 def _metadata(**overrides: object) -> SeriesMetadata:
-    base = SeriesMetadata(
-        series_description="",
-        series_number=None,
-        body_part_examined="ABDOMEN",
-        contrast_bolus_agent="",
-        contrast_bolus_route="",
-        contrast_bolus_volume_ml=None,
-        contrast_bolus_start_time="",
-        acquisition_time="",
-        series_time="",
-        study_date="20240101",
-        manufacturer="",
-        convolution_kernel="",
-        kvp=None,
-    )
+    base = SeriesMetadata(body_part_examined="ABDOMEN", study_date="20240101")
     return replace(base, **overrides)
 
 

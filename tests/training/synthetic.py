@@ -17,21 +17,7 @@ from backend.ml.dicom import SeriesInfo, SeriesMetadata, SliceRef
 from backend.ml.phases import PHASES
 from backend.ml.train import LabeledSeries
 
-METADATA = SeriesMetadata(
-    series_description="",
-    series_number=None,
-    body_part_examined="ABDOMEN",
-    contrast_bolus_agent="",
-    contrast_bolus_route="",
-    contrast_bolus_volume_ml=None,
-    contrast_bolus_start_time="",
-    acquisition_time="",
-    series_time="",
-    study_date="",
-    manufacturer="",
-    convolution_kernel="",
-    kvp=None,
-)
+METADATA = SeriesMetadata(body_part_examined="ABDOMEN")
 
 
 def fake_series(uid: str, study: str, *, n_slices: int = 20) -> SeriesInfo:
