@@ -375,10 +375,15 @@ def run_demo(args: argparse.Namespace) -> int:
         print(f"error: {type(error).__name__}: {error}", file=sys.stderr)
         return 1
     finally:
-        if backend is not None:
-            backend.stop()
-        if label_studio is not None:
-            label_studio[0].stop()
+        # An impatient second Ctrl-C must not leave a server behind: shutdown ignores SIGINT.
+        previous = signal.signal(signal.SIGINT, signal.SIG_IGN)
+        try:
+            if backend is not None:
+                backend.stop()
+            if label_studio is not None:
+                label_studio[0].stop()
+        finally:
+            signal.signal(signal.SIGINT, previous)
     return 0
 
 
