@@ -364,6 +364,13 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--repeats", type=int, default=1, help="timing repeats per pipeline (median reported)")
     parser.add_argument("--no-jpeg2000", action="store_true", help="skip the JPEG 2000 copies")
+    parser.add_argument(
+        "--mixed-data",
+        type=Path,
+        default=None,
+        help="optional extra labelled phantom set (e.g. 40 per class, mixed compression) run through every pipeline: "
+        "more series for the F1 comparison",
+    )
     args = parser.parse_args(argv)
     args.train_data = args.train_data or args.work / "train"
     args.test_data = args.test_data or args.work / "test"
@@ -385,6 +392,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     sets = [load_test_set(args.test_data, "uncompressed")]
     if not args.no_jpeg2000:
         sets.append(write_jpeg2000_copy(sets[0], args.work / "test-jpeg2000"))
+    if args.mixed_data is not None:
+        sets.append(load_test_set(args.mixed_data, "mixed"))
     slices = np.asarray(sets[0].n_slices)
     preload = os.environ.get("LD_PRELOAD", "")
     allocator = "tcmalloc" if "tcmalloc" in preload else "jemalloc" if "jemalloc" in preload else "glibc malloc"
