@@ -278,7 +278,7 @@ def run_3d(network: Any, data: TestSet) -> Run:
         seconds / len(pred),
         float(np.mean(data.n_slices)),
         0,
-        cpu_seconds=cpu_seconds / len(pred),
+        cpu_seconds_per_series=cpu_seconds / len(pred),
         min_seconds_per_series=seconds / len(pred),
     )
 
