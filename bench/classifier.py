@@ -14,9 +14,10 @@ geometric sort), decoding (only the sampled slices for 2D; every slice for 3D), 
 the vote. Each pipeline streams the whole test set with decoding on a producer thread overlapping the network
 (``backend.ml.predict.predict_many`` for 2D, the same pattern for 3D), so seconds/series is throughput. Before each
 pipeline the test files are evicted from the page cache (fsync + ``posix_fadvise(DONTNEED)``): reads are
-"cold-ish" (the VM host may still cache the disk). torch runs with 2 threads. With ``--repeats`` the table gives the
-median and the best wall time, and the process CPU time (all threads), which other processes on a shared machine
-disturb much less than wall time.
+"cold-ish" (the VM host may still cache the disk). torch runs with cores - 1 threads (1 on 2 cores: the decode
+thread needs the other core; 2 network threads measured up to 2x slower here, idle OpenMP threads spin). With
+``--repeats`` the table gives the median and the best wall time, and the process CPU time (all threads), which other
+processes on a shared machine disturb much less than wall time.
 
 Missing pieces are created on demand (times are printed):
 
@@ -386,7 +387,7 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument("--paper-model", type=Path, default=None, help="paper preset model (default: untrained)")
     parser.add_argument("--baseline3d", type=Path, default=None, help="3D baseline dir (default WORK/baseline3d)")
     parser.add_argument("--epochs-3d", type=int, default=12)
-    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--threads", type=int, default=max(1, (os.cpu_count() or 2) - 1), help="torch threads")
     parser.add_argument("--repeats", type=int, default=1, help="timing repeats per pipeline (median reported)")
     parser.add_argument("--no-jpeg2000", action="store_true", help="skip the JPEG 2000 copies")
     parser.add_argument(
