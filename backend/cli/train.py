@@ -109,8 +109,13 @@ def _print_summary(model_dir: object, metrics: dict[str, Any]) -> None:
         return
     print(f"{'phase':14s} {'slice F1':>9s} {'series F1':>10s}")
     for phase, series_f1 in metrics["val_series_f1"].items():
-        print(f"{phase:14s} {metrics['val_slice_f1'][phase]:9.3f} {series_f1:10.3f}")
-    print(f"{'macro':14s} {metrics['val_slice_macro_f1']:9.3f} {metrics['val_series_macro_f1']:10.3f}")
+        print(f"{phase:14s} {_score(metrics['val_slice_f1'].get(phase)):>9s} {_score(series_f1):>10s}")
+    print(f"{'macro':14s} {_score(metrics['val_slice_macro_f1']):>9s} {_score(metrics['val_series_macro_f1']):>10s}")
+
+
+def _score(value: float | None) -> str:
+    """A score with 3 decimals, or "n/a" where it is undefined (a phase absent from the validation studies)."""
+    return "n/a" if value is None else f"{value:.3f}"
 
 
 def _run_starter(args: argparse.Namespace) -> int:

@@ -102,7 +102,12 @@ def spread_indices(n_slices: int, k: int, *, series_uid: str) -> NDArray[np.int6
 
 
 def cache_key(
-    series: SeriesInfo, indices: NDArray[np.int64], *, windows: Sequence[tuple[float, float]], size: int
+    series: SeriesInfo,
+    indices: NDArray[np.int64],
+    *,
+    windows: Sequence[tuple[float, float]],
+    size: int,
+    crop_body: bool = False,
 ) -> str:
     """Hex key naming a series' cache file: uid, slice count, first/last file, indices and preprocessing."""
     parts: dict[str, Any] = {
@@ -115,6 +120,8 @@ def cache_key(
         "windows": [[float(c), float(w)] for c, w in windows],
         "size": int(size),
     }
+    if crop_body:  # absent when False, so caches written before the crop existed stay valid
+        parts["crop"] = "body"
     return hashlib.sha256(json.dumps(parts, sort_keys=True).encode()).hexdigest()[:32]
 
 
@@ -141,6 +148,7 @@ def cache_series(
     windows: Sequence[tuple[float, float]],
     image_size: int,
     k: int,
+    crop_body: bool = False,
 ) -> CachedSeries:
     """Decode (once) and return the cached slices of one series.
 
@@ -150,6 +158,7 @@ def cache_series(
         windows: (centre, width) HU windows, one channel each.
         image_size: output size in pixels.
         k: slice budget (see :func:`spread_indices`).
+        crop_body: crop slices to the body (see :func:`backend.ml.dicom.to_network_input`).
 
     Raises:
         DicomReadError: the series cannot be decoded.
@@ -159,9 +168,10 @@ def cache_series(
     if series.n_slices == 0:
         raise ValueError(f"series {series.series_instance_uid} has no slices")
     indices = spread_indices(series.n_slices, k, series_uid=series.series_instance_uid)
-    path = cache_dir / f"{cache_key(series, indices, windows=windows, size=image_size)}.npy"
+    key = cache_key(series, indices, windows=windows, size=image_size, crop_body=crop_body)
+    path = cache_dir / f"{key}.npy"
     if not path.is_file():
-        images = load_slices(series, indices.tolist(), windows=windows, image_size=image_size)
+        images = load_slices(series, indices.tolist(), windows=windows, image_size=image_size, crop_body=crop_body)
         cache_dir.mkdir(parents=True, exist_ok=True)
         _write_atomic(path, _to_uint8(images))
     stored: NDArray[np.uint8] = np.load(path, mmap_mode="r", allow_pickle=False)
@@ -198,6 +208,7 @@ def build_cache(
     windows: Sequence[tuple[float, float]],
     image_size: int,
     k: int,
+    crop_body: bool = False,
     workers: int = 2,
     should_stop: Callable[[], bool] | None = None,
     on_series_done: Callable[[], None] | None = None,
@@ -213,6 +224,7 @@ def build_cache(
         windows: (centre, width) HU windows.
         image_size: pixels.
         k: slices per series.
+        crop_body: crop slices to the body.
         workers: decoding threads (>= 1).
         should_stop: polled between series; True -> :class:`CacheBuildCancelledError`.
         on_series_done: called after each series (progress bars).
@@ -224,7 +236,9 @@ def build_cache(
     failed: list[tuple[str, str]] = []
     with ThreadPoolExecutor(max_workers=max(1, workers), thread_name_prefix="slice-cache") as pool:
         pending: dict[Future[CachedSeries], int] = {
-            pool.submit(cache_series, ex, cache_dir=cache_dir, windows=windows, image_size=image_size, k=k): i
+            pool.submit(
+                cache_series, ex, cache_dir=cache_dir, windows=windows, image_size=image_size, k=k, crop_body=crop_body
+            ): i
             for i, ex in enumerate(examples)
         }
         try:

@@ -56,6 +56,15 @@ AIR_HU: Final[float] = -1024.0
 HEAD_BYTES: Final[int] = 16 * 1024
 """Bytes read from each file for discovery; longer headers fall back to a pydicom header parse of the file."""
 
+BODY_HU: Final[float] = -500.0
+"""Pixels above this HU count as body (or table) for the body crop; fat is about -100, lung about -850."""
+
+MIN_BODY_BOX: Final[float] = 0.4
+"""The body crop is never smaller than this fraction of the image side."""
+
+_BODY_GRID: Final[int] = 128  # the body mask is found on a grid of at most this many pixels per side
+_BODY_MARGIN: Final[float] = 0.04  # relative margin around the body box
+
 DEFAULT_CHUNK: Final[int] = 12
 """Slices decoded, windowed and resized together by :func:`load_slices`."""
 
@@ -483,12 +492,121 @@ def resize(images: npt.NDArray[np.float32], size: int) -> npt.NDArray[np.float32
     return result
 
 
+def body_boxes(hu: npt.NDArray[np.float32]) -> npt.NDArray[np.int64]:
+    """Square boxes around the patient's body in each slice, for :func:`to_network_input`'s body crop.
+
+    The body is what stays above :data:`BODY_HU` after an erosion of about 1/40 of the image side: the table, its
+    mattress, thin lines and noise vanish, the trunk and thighs stay. The box is the body's bounding box grown by the
+    erosion and a margin, squared around its centre, and never smaller than :data:`MIN_BODY_BOX` of the image side
+    (so a slice through a small part is not blown up). A slice without a body gets the whole image.
+
+    Args:
+        hu: float32 [n, rows, cols], Hounsfield units.
+
+    Returns:
+        int64 [n, 4]: (top, left, bottom, right) in pixels, end-exclusive; may extend past the image (padding).
+    """
+    n, rows, cols = hu.shape
+    step = max(1, math.ceil(max(rows, cols) / _BODY_GRID))
+    mask = hu[:, ::step, ::step] > BODY_HU
+    radius = max(1, round(mask.shape[2] / 40))
+    for axis in (1, 2):
+        mask = _erode_1d(mask, radius, axis=axis)
+    boxes = np.empty((n, 4), dtype=np.int64)
+    side_min = MIN_BODY_BOX * max(rows, cols)
+    for k in range(n):
+        ys, xs = np.nonzero(mask[k].any(axis=1)), np.nonzero(mask[k].any(axis=0))
+        if ys[0].size == 0:
+            boxes[k] = (0, 0, rows, cols)
+            continue
+        grow = radius * step  # undo the erosion
+        top, bottom = ys[0][0] * step - grow, (ys[0][-1] + 1) * step + grow
+        left, right = xs[0][0] * step - grow, (xs[0][-1] + 1) * step + grow
+        side = max((bottom - top) * (1 + _BODY_MARGIN), (right - left) * (1 + _BODY_MARGIN), side_min)
+        cy, cx = (top + bottom) / 2.0, (left + right) / 2.0
+        y0, x0 = round(cy - side / 2.0), round(cx - side / 2.0)
+        boxes[k] = (y0, x0, y0 + round(side), x0 + round(side))
+    return boxes
+
+
+def _erode_1d(mask: npt.NDArray[np.bool_], radius: int, *, axis: int) -> npt.NDArray[np.bool_]:
+    """Binary erosion of bool [n, y, x] by a segment of ``2 * radius + 1`` pixels along ``axis`` (1 or 2)."""
+    out = mask.copy()
+    length = mask.shape[axis]
+    for shift in range(1, radius + 1):
+        if shift >= length:
+            out[...] = False
+            break
+        head = [slice(None)] * 3
+        tail = [slice(None)] * 3
+        head[axis], tail[axis] = slice(shift, None), slice(None, -shift)
+        out[tuple(head)] &= mask[tuple(tail)]
+        out[tuple(tail)] &= mask[tuple(head)]
+        edge_low, edge_high = [slice(None)] * 3, [slice(None)] * 3
+        edge_low[axis], edge_high[axis] = slice(0, shift), slice(length - shift, None)
+        out[tuple(edge_low)] = False
+        out[tuple(edge_high)] = False
+    return out
+
+
+def _crop(
+    image: npt.NDArray[np.float32], box: npt.NDArray[np.int64], pad: npt.NDArray[np.float32]
+) -> npt.NDArray[np.float32]:
+    """float32 [c, h, w] window of ``image`` [c, rows, cols] inside ``box``; outside pixels get ``pad`` [c]."""
+    top, left, bottom, right = (int(v) for v in box)
+    _, rows, cols = image.shape
+    if top >= 0 and left >= 0 and bottom <= rows and right <= cols:
+        return image[:, top:bottom, left:right]
+    out = np.empty((image.shape[0], bottom - top, right - left), dtype=np.float32)
+    out[...] = pad[:, None, None]
+    y0, x0, y1, x1 = max(top, 0), max(left, 0), min(bottom, rows), min(right, cols)
+    if y1 > y0 and x1 > x0:
+        out[:, y0 - top : y1 - top, x0 - left : x1 - left] = image[:, y0:y1, x0:x1]
+    return out
+
+
+def to_network_input(
+    hu: npt.NDArray[np.float32],
+    *,
+    windows: Sequence[tuple[float, float]],
+    image_size: int,
+    crop_body: bool,
+    window_buffer: npt.NDArray[np.float32] | None = None,
+) -> npt.NDArray[np.float32]:
+    """The one preprocessing of slices for the network: window, optionally crop to the body, resize.
+
+    Args:
+        hu: float32 [n, rows, cols], Hounsfield units.
+        windows: (centre, width) HU windows, one channel each.
+        image_size: output side, pixels.
+        crop_body: crop each slice to a square around the body first (:func:`body_boxes`), so the anatomy fills
+            the input whatever the field of view; otherwise the whole image is resized (non-square: stretched).
+        window_buffer: optional float32 [n, c, rows, cols] scratch buffer for the windowed slices.
+
+    Returns:
+        float32 [n, len(windows), image_size, image_size] in [0, 1], a fresh array (never ``window_buffer``).
+    """
+    windowed = window(hu, windows, out=window_buffer)
+    if not crop_body:
+        resized = resize(windowed, image_size)
+        resized = resized.copy() if np.shares_memory(resized, windowed) else resized
+    else:
+        pad = window(np.full((1, 1, 1), AIR_HU, dtype=np.float32), windows)[0, :, 0, 0]
+        boxes = body_boxes(hu)
+        resized = np.empty((hu.shape[0], len(windows), image_size, image_size), dtype=np.float32)
+        for k in range(hu.shape[0]):
+            resized[k] = resize(_crop(windowed[k], boxes[k], pad)[None], image_size)[0]
+    np.clip(resized, 0.0, 1.0, out=resized)  # interpolation rounding can step past 1 by ~1e-7
+    return resized
+
+
 def load_slices(
     series: SeriesInfo,
     indices: Sequence[int],
     *,
     windows: Sequence[tuple[float, float]],
     image_size: int,
+    crop_body: bool = False,
     chunk_size: int = DEFAULT_CHUNK,
 ) -> npt.NDArray[np.float32]:
     """Decode, window and resize slices into network inputs, ``chunk_size`` slices at a time.
@@ -500,6 +618,7 @@ def load_slices(
         indices: slice indices, as for :func:`read_hu`.
         windows: (centre, width) HU windows, one channel each.
         image_size: output side, pixels.
+        crop_body: crop each slice to the body first (see :func:`to_network_input`).
         chunk_size: slices per chunk (> 0).
 
     Returns:
@@ -517,10 +636,9 @@ def load_slices(
         part = idx[start : start + chunk]
         m = len(part)
         hu = read_hu(series, part, out=hu_buffer[:m])
-        windowed = window(hu, windows, out=window_buffer[:m])
-        resized = result[start : start + m]
-        resized[...] = resize(windowed, image_size)
-        np.clip(resized, 0.0, 1.0, out=resized)  # interpolation rounding can step past 1 by ~1e-7
+        result[start : start + m] = to_network_input(
+            hu, windows=windows, image_size=image_size, crop_body=crop_body, window_buffer=window_buffer[:m]
+        )
     return result
 
 

@@ -87,6 +87,8 @@ class Preset:
         cache_slices_per_series: slices of each series decoded once into the slice cache (spread along z).
         inference_batch_size: slices per forward pass in :meth:`LoadedModel.predict_proba`.
         cpu_bf16_inference: use bf16 autocast for inference on CPU (only where measured faster and as accurate).
+        drop_rate: dropout before the classifier during training (no effect on inference or on the weights' layout).
+        crop_body: crop each slice to a square around the body before resizing (``backend.ml.dicom.body_boxes``).
     """
 
     name: str
@@ -102,6 +104,8 @@ class Preset:
     cache_slices_per_series: int = 32
     inference_batch_size: int = 32
     cpu_bf16_inference: bool = False
+    drop_rate: float = 0.0
+    crop_body: bool = False
 
     @property
     def in_chans(self) -> int:
@@ -120,6 +124,7 @@ PRESETS: Final[dict[str, Preset]] = {
         lr=1e-3,
         slices_per_series=32,
         cache_slices_per_series=64,
+        crop_body=True,
     ),
     "cpu": Preset(
         name="cpu",
@@ -131,6 +136,7 @@ PRESETS: Final[dict[str, Preset]] = {
         lr=2e-3,
         slices_per_series=16,
         cache_slices_per_series=32,
+        crop_body=True,
     ),
 }
 
@@ -161,13 +167,15 @@ def create_network(preset: Preset) -> torch.nn.Module:
     Raises:
         ModelArtifactError: timm does not know ``preset.arch``.
     """
-    return _create_timm(preset.arch, in_chans=preset.in_chans)
+    return _create_timm(preset.arch, in_chans=preset.in_chans, drop_rate=preset.drop_rate)
 
 
-def _create_timm(arch: str, *, in_chans: int) -> torch.nn.Module:
+def _create_timm(arch: str, *, in_chans: int, drop_rate: float = 0.0) -> torch.nn.Module:
     if not timm.is_model(arch):
         raise ModelArtifactError(f"unknown network architecture {arch!r} (not a timm model name)")
-    network: torch.nn.Module = timm.create_model(arch, pretrained=False, num_classes=N_PHASES, in_chans=in_chans)
+    network: torch.nn.Module = timm.create_model(
+        arch, pretrained=False, num_classes=N_PHASES, in_chans=in_chans, drop_rate=drop_rate
+    )
     return network
 
 
@@ -177,6 +185,7 @@ def preprocessing_spec(preset: Preset) -> dict[str, Any]:
         "windows_hu": [[c, w] for c, w in preset.windows],
         "channels": [f"HU window centre {c:g} width {w:g}, scaled to [0, 1]" for c, w in preset.windows],
         "image_size": preset.image_size,
+        "crop": "body" if preset.crop_body else "none",
         "resize": RESIZE_METHOD,
         "input_range": [0.0, 1.0],
         "normalization": "none",
@@ -257,7 +266,14 @@ def preset_from_manifest(manifest: Manifest) -> Preset:
         cache_slices_per_series=base.cache_slices_per_series,
         inference_batch_size=base.inference_batch_size,
         cpu_bf16_inference=base.cpu_bf16_inference if base.arch == manifest.arch else False,
+        drop_rate=base.drop_rate,
+        crop_body=manifest_crops_body(manifest),
     )
+
+
+def manifest_crops_body(manifest: Manifest) -> bool:
+    """Whether the artifact expects body-cropped slices (manifests written before the crop existed: no)."""
+    return bool(manifest.preprocessing.get("crop", "none") == "body")
 
 
 # --- the loaded model -------------------------------------------------------------------------------------------
@@ -290,6 +306,11 @@ class LoadedModel:
     def windows(self) -> tuple[tuple[float, float], ...]:
         """(centre, width) HU windows, one channel each."""
         return tuple((float(c), float(w)) for c, w in self.manifest.windows)
+
+    @property
+    def crop_body(self) -> bool:
+        """Whether slices are cropped to the body before resizing (older manifests without the key: no)."""
+        return manifest_crops_body(self.manifest)
 
     def predict_proba(self, images: NDArray[Any]) -> NDArray[np.float32]:
         """Per-class sigmoid probabilities of slices.

@@ -246,8 +246,10 @@ class _Producer:
         options: PredictOptions,
         windows: Sequence[tuple[float, float]],
         image_size: int,
+        crop_body: bool,
     ) -> None:
         self._sources = sources
+        self._crop_body = crop_body
         self._options = options
         self._windows = tuple((float(c), float(w)) for c, w in windows)
         self._image_size = image_size
@@ -303,15 +305,18 @@ class _Producer:
 
     def _load(self, series: SeriesInfo, indices: list[int]) -> NDArray[np.float32]:
         """Decode, window and resize one chunk: float32 [m, c, S, S] in [0, 1] (a fresh array: it is queued)."""
-        from backend.ml.dicom import read_hu, resize, window
+        from backend.ml.dicom import read_hu, to_network_input
 
         hu_buffer, window_buffer = self._buffers(series)
         m = len(indices)
         hu = read_hu(series, indices, out=hu_buffer[:m])
-        windowed = window(hu, self._windows, out=window_buffer[:m])
-        images = resize(windowed, self._image_size)
-        # resize returns its input when the size already matches: never queue a view of the reused buffer
-        return images.copy() if np.shares_memory(images, window_buffer) else images
+        return to_network_input(
+            hu,
+            windows=self._windows,
+            image_size=self._image_size,
+            crop_body=self._crop_body,
+            window_buffer=window_buffer[:m],
+        )
 
     def _one(self, key: int, source: SeriesInfo | Path) -> None:
         from backend.ml.dicom import read_series
@@ -410,6 +415,7 @@ def predict_many(
         options=options,
         windows=[(float(c), float(w)) for c, w in model.manifest.windows],
         image_size=int(model.manifest.image_size),
+        crop_body=model.crop_body,
     )
     producer.start()
     current: _SeriesStart | None = None

@@ -29,6 +29,7 @@ import contextlib
 import csv
 import logging
 import math
+import os
 import time
 from collections import Counter
 from collections.abc import Callable, Iterator, Sequence
@@ -83,6 +84,12 @@ NOISE_HU_MAX: Final[float] = 12.0
 """Largest simulated noise standard deviation (augmentation), in HU."""
 CONTRAST_MAX: Final[float] = 0.05
 """Largest relative contrast change around the window centre (augmentation)."""
+SCALE_MAX: Final[float] = 0.15
+"""Largest relative zoom in or out (augmentation): patients and fields of view differ in size."""
+ROTATION_MAX_DEG: Final[float] = 10.0
+"""Largest in-plane rotation (augmentation), degrees."""
+SHIFT_MAX: Final[float] = 0.08
+"""Largest shift (augmentation), in units of half the image side."""
 MIN_LR_FACTOR: Final[float] = 0.01
 """Cosine annealing ends at this fraction of the peak learning rate."""
 
@@ -354,11 +361,14 @@ def augment_batch(images: torch.Tensor, *, widths: torch.Tensor, generator: torc
 
     flip = (torch.rand(n, generator=generator) < 0.5).to(device)
     images = torch.where(flip[:, None, None, None], images.flip(-1), images)
-    scale = uniform(0.9, 1.1, n)
+    scale = uniform(1.0 - SCALE_MAX, 1.0 + SCALE_MAX, n)
+    angle = uniform(-ROTATION_MAX_DEG, ROTATION_MAX_DEG, n) * (math.pi / 180.0)
     theta = torch.zeros(n, 2, 3, device=device)
-    theta[:, 0, 0] = scale
-    theta[:, 1, 1] = scale
-    theta[:, :, 2] = uniform(-0.06, 0.06, n, 2)
+    theta[:, 0, 0] = scale * torch.cos(angle)
+    theta[:, 0, 1] = -scale * torch.sin(angle)
+    theta[:, 1, 0] = scale * torch.sin(angle)
+    theta[:, 1, 1] = scale * torch.cos(angle)
+    theta[:, :, 2] = uniform(-SHIFT_MAX, SHIFT_MAX, n, 2)
     grid = nnf.affine_grid(theta, list(images.shape), align_corners=False)
     images = nnf.grid_sample(images, grid, mode="bilinear", padding_mode="zeros", align_corners=False)
     inside = (images > 0.0) & (images < 1.0)
@@ -479,6 +489,34 @@ def _to_device(images: torch.Tensor, device: torch.device) -> torch.Tensor:
     if device.type == "cuda":
         return images.to(device, non_blocking=True).contiguous(memory_format=torch.channels_last)
     return images  # channels_last slows depthwise-conv training on CPU (measured 6x for mobilenetv3_small)
+
+
+def free_cpu_cores() -> int:
+    """CPU cores not busy with other work: usable cores minus the 1-minute load average (rounded), at least 1.
+
+    Torch's OpenMP threads wait for each other at every operator: on a shared 2-core machine with other busy
+    processes, 2 threads trained mobilenetv3_small 8x slower than 1 thread (14 vs 111 images/s, measured), while on
+    an idle machine 2 threads are faster. So an unspecified thread count follows the machine's current load.
+    """
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+    try:
+        load = os.getloadavg()[0]
+    except OSError:  # not available on this platform
+        return cores
+    return max(1, min(cores, math.floor(cores - load + 0.5)))
+
+
+@contextlib.contextmanager
+def _torch_threads(threads: int | None, device: torch.device) -> Iterator[int]:
+    """Set torch's intra-op threads for the run (``None`` on CPU: :func:`free_cpu_cores`), restore them after."""
+    previous = torch.get_num_threads()
+    wanted = threads if threads is not None else (free_cpu_cores() if device.type == "cpu" else previous)
+    torch.set_num_threads(wanted)
+    log.info("training with %d torch thread(s)", wanted)
+    try:
+        yield wanted
+    finally:
+        torch.set_num_threads(previous)
 
 
 @contextlib.contextmanager
@@ -756,52 +794,68 @@ def train_model(
     train_examples, val_list = _split(examples, val_examples, config)
     if not train_examples:
         raise ValueError(f"no training series: {len(examples)} examples, all held out for validation")
-    if config.threads is not None:
-        torch.set_num_threads(config.threads)
-    cache_dir = config.cache_dir or out_dir.parent / ".slice-cache"
-    train_cache, val_cache, failed = _build_caches(
-        train_examples, val_list, plan=plan, cache_dir=cache_dir, config=config, stop=stop
-    )
-    with _deterministic(plan.device.type == "cpu"):
-        torch.manual_seed(config.seed)
-        network = create_network(plan.preset)
-        init_sha = _warm_start(network, init_from, plan.preset) if init_from is not None else None
-        network.to(plan.device)
-        if plan.device.type == "cuda":
-            network.to(memory_format=torch.channels_last)
-        counts = _class_counts(train_cache, plan.slices_per_series)
-        loss_fn = ClassWeightedBCE(pos_weight_from_counts(counts)).to(plan.device)
-        run = _Run(plan, config, network, loss_fn, train_cache, val_cache, stop, progress, started)
-        if progress is not None:
-            progress(TrainProgress(epoch=0, n_epochs=plan.epochs, loss=math.nan, val_macro_f1=None))
-        _fit(run)
-    if run.best_state is not None:  # always set: _fit runs >= 1 epoch
-        network.load_state_dict(run.best_state)
-    extra = {
-        "seed": config.seed,
-        "preset": plan.preset.name,
-        "batch_size": plan.batch_size,
-        "lr": plan.lr,
-        "slices_per_series": plan.slices_per_series,
-        "cache_slices_per_series": plan.cache_slices_per_series,
-        "train_class_counts": dict(zip(PHASES, counts, strict=True)),
-        "pos_weight": dict(zip(PHASES, [round(float(w), 4) for w in loss_fn.pos_weight], strict=True)),
-        "init_from_sha256": init_sha,
-        "val_data_fingerprint": _fingerprint(val_list),
-        "device": str(plan.device),
-        "torch_threads": torch.get_num_threads(),
-    }
-    metrics = _metrics(
-        run,
-        n_train_studies=len({s.study_instance_uid for s in train_cache}),
-        n_val_studies=len({s.study_instance_uid for s in val_cache}),
-        failed=failed,
-        extra=extra,
-    )
-    manifest = build_manifest(plan.preset, fingerprint=_fingerprint(train_examples), metrics=metrics)
-    written = save_model(out_dir, network=network.cpu(), manifest=manifest)
+    with _torch_threads(config.threads, plan.device) as threads:
+        train_cache, val_cache, failed = _build_caches(
+            train_examples,
+            val_list,
+            plan=plan,
+            cache_dir=config.cache_dir or out_dir.parent / ".slice-cache",
+            config=config,
+            stop=stop,
+        )
+        with _deterministic(plan.device.type == "cpu"):
+            run = _prepare_run(plan, config, train_cache, val_cache, stop=stop, progress=progress, started=started)
+            init_sha = _warm_start(run.network, init_from, plan.preset) if init_from is not None else None
+            if progress is not None:
+                progress(TrainProgress(epoch=0, n_epochs=plan.epochs, loss=math.nan, val_macro_f1=None))
+            _fit(run)
+        if run.best_state is not None:  # always set: _fit runs >= 1 epoch
+            run.network.load_state_dict(run.best_state)
+        extra = {
+            "seed": config.seed,
+            "preset": plan.preset.name,
+            "batch_size": plan.batch_size,
+            "lr": plan.lr,
+            "slices_per_series": plan.slices_per_series,
+            "cache_slices_per_series": plan.cache_slices_per_series,
+            "train_class_counts": dict(zip(PHASES, _class_counts(train_cache, plan.slices_per_series), strict=True)),
+            "pos_weight": dict(zip(PHASES, [float(w) for w in run.loss_fn.pos_weight], strict=True)),
+            "init_from_sha256": init_sha,
+            "val_data_fingerprint": _fingerprint(val_list),
+            "device": str(plan.device),
+            "torch_threads": threads,
+        }
+        metrics = _metrics(
+            run,
+            n_train_studies=len({s.study_instance_uid for s in train_cache}),
+            n_val_studies=len({s.study_instance_uid for s in val_cache}),
+            failed=failed,
+            extra=extra,
+        )
+        manifest = build_manifest(plan.preset, fingerprint=_fingerprint(train_examples), metrics=metrics)
+        written = save_model(out_dir, network=run.network.cpu(), manifest=manifest)
     val_studies = tuple(sorted({e.series.study_instance_uid for e in val_list}))
     return TrainResult(model_dir=out_dir, manifest=written, metrics=written.metrics, val_studies=val_studies)
+
+
+def _prepare_run(
+    plan: _Plan,
+    config: TrainConfig,
+    train_cache: tuple[CachedSeries, ...],
+    val_cache: tuple[CachedSeries, ...],
+    *,
+    stop: Callable[[], bool],
+    progress: Callable[[TrainProgress], None] | None,
+    started: float,
+) -> _Run:
+    """Seed, build the network (random init) and the class-weighted loss."""
+    torch.manual_seed(config.seed)
+    network = create_network(plan.preset).to(plan.device)
+    if plan.device.type == "cuda":
+        network.to(memory_format=torch.channels_last)
+    counts = _class_counts(train_cache, plan.slices_per_series)
+    loss_fn = ClassWeightedBCE(pos_weight_from_counts(counts)).to(plan.device)
+    return _Run(plan, config, network, loss_fn, train_cache, val_cache, stop, progress, started)
 
 
 def _fingerprint(examples: Sequence[LabeledSeries]) -> str:
@@ -835,6 +889,7 @@ def _build_caches(
             windows=plan.preset.windows,
             image_size=plan.preset.image_size,
             k=plan.cache_slices_per_series,
+            crop_body=plan.preset.crop_body,
             workers=config.decode_workers,
             should_stop=stop,
             on_series_done=None if bar is None else partial(_tick, bar),

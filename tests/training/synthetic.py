@@ -59,7 +59,12 @@ def label_of(uid: str) -> int:
 
 
 def fake_load_slices(
-    series: SeriesInfo, indices: Sequence[int], *, windows: Sequence[tuple[float, float]], image_size: int
+    series: SeriesInfo,
+    indices: Sequence[int],
+    *,
+    windows: Sequence[tuple[float, float]],
+    image_size: int,
+    crop_body: bool = False,
 ) -> np.ndarray:
     """float32 [n, c, S, S] in [0, 1]: a disc (the body) and a bright blob whose place and level give the phase."""
     label = label_of(series.series_instance_uid)
