@@ -34,7 +34,7 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     parser.add_argument("--slices-per-series", type=int, default=None, help="slices per series per epoch")
     parser.add_argument("--val-fraction", type=float, default=0.2, help="fraction of studies held out")
     parser.add_argument("--device", type=str, default="auto", help="auto, cpu, cuda or cuda:N")
-    parser.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
+    parser.add_argument("--threads", type=int, default=None, help="torch CPU threads (default on CPU: the idle cores)")
     parser.add_argument("--cache-dir", type=str, default=None, help="decoded slice cache (default: beside --out)")
     parser.add_argument("--init-from", type=str, default=None, help="warm start from this model folder")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")

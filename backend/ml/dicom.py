@@ -514,14 +514,14 @@ def body_boxes(hu: npt.NDArray[np.float32]) -> npt.NDArray[np.int64]:
         mask = _erode_1d(mask, radius, axis=axis)
     boxes = np.empty((n, 4), dtype=np.int64)
     side_min = MIN_BODY_BOX * max(rows, cols)
+    grow = radius * step  # undoes the erosion
     for k in range(n):
-        ys, xs = np.nonzero(mask[k].any(axis=1)), np.nonzero(mask[k].any(axis=0))
-        if ys[0].size == 0:
+        ys, xs = np.flatnonzero(mask[k].any(axis=1)), np.flatnonzero(mask[k].any(axis=0))
+        if ys.size == 0:
             boxes[k] = (0, 0, rows, cols)
             continue
-        grow = radius * step  # undo the erosion
-        top, bottom = ys[0][0] * step - grow, (ys[0][-1] + 1) * step + grow
-        left, right = xs[0][0] * step - grow, (xs[0][-1] + 1) * step + grow
+        top, bottom = ys[0] * step - grow, (ys[-1] + 1) * step + grow
+        left, right = xs[0] * step - grow, (xs[-1] + 1) * step + grow
         side = max((bottom - top) * (1 + _BODY_MARGIN), (right - left) * (1 + _BODY_MARGIN), side_min)
         cy, cx = (top + bottom) / 2.0, (left + right) / 2.0
         y0, x0 = round(cy - side / 2.0), round(cx - side / 2.0)

@@ -87,7 +87,6 @@ class Preset:
         cache_slices_per_series: slices of each series decoded once into the slice cache (spread along z).
         inference_batch_size: slices per forward pass in :meth:`LoadedModel.predict_proba`.
         cpu_bf16_inference: use bf16 autocast for inference on CPU (only where measured faster and as accurate).
-        drop_rate: dropout before the classifier during training (no effect on inference or on the weights' layout).
         crop_body: crop each slice to a square around the body before resizing (``backend.ml.dicom.body_boxes``).
     """
 
@@ -104,7 +103,6 @@ class Preset:
     cache_slices_per_series: int = 32
     inference_batch_size: int = 32
     cpu_bf16_inference: bool = False
-    drop_rate: float = 0.0
     crop_body: bool = False
 
     @property
@@ -167,15 +165,13 @@ def create_network(preset: Preset) -> torch.nn.Module:
     Raises:
         ModelArtifactError: timm does not know ``preset.arch``.
     """
-    return _create_timm(preset.arch, in_chans=preset.in_chans, drop_rate=preset.drop_rate)
+    return _create_timm(preset.arch, in_chans=preset.in_chans)
 
 
-def _create_timm(arch: str, *, in_chans: int, drop_rate: float = 0.0) -> torch.nn.Module:
+def _create_timm(arch: str, *, in_chans: int) -> torch.nn.Module:
     if not timm.is_model(arch):
         raise ModelArtifactError(f"unknown network architecture {arch!r} (not a timm model name)")
-    network: torch.nn.Module = timm.create_model(
-        arch, pretrained=False, num_classes=N_PHASES, in_chans=in_chans, drop_rate=drop_rate
-    )
+    network: torch.nn.Module = timm.create_model(arch, pretrained=False, num_classes=N_PHASES, in_chans=in_chans)
     return network
 
 
@@ -266,7 +262,6 @@ def preset_from_manifest(manifest: Manifest) -> Preset:
         cache_slices_per_series=base.cache_slices_per_series,
         inference_batch_size=base.inference_batch_size,
         cpu_bf16_inference=base.cpu_bf16_inference if base.arch == manifest.arch else False,
-        drop_rate=base.drop_rate,
         crop_body=manifest_crops_body(manifest),
     )
 
