@@ -5,7 +5,7 @@ Equivalent CLI sequence (what :func:`ensure_starter_model` does)::
     ctphase phantom PHANTOMS --n-per-class 40 --seed 1
     ctphase train PHANTOMS --labels PHANTOMS/labels.csv --out MODEL --preset cpu --seed 1
 
-or in one step: ``ctphase starter-model MODEL``. Takes ~10 minutes on 2 CPU cores (phantoms ~3, training ~7).
+or in one step: ``ctphase starter-model MODEL``. Takes ~13 minutes on 2 idle CPU cores (phantoms ~5, training ~8).
 """
 
 from __future__ import annotations
