@@ -499,17 +499,27 @@ def _to_device(images: torch.Tensor, device: torch.device) -> torch.Tensor:
 
 
 def _cpu_busy_seconds() -> float | None:
-    """CPU seconds spent busy by the whole machine since boot (``/proc/stat``), or None where unavailable."""
+    """CPU seconds spent busy since boot on the cores this process may run on (``/proc/stat``), or None.
+
+    Only the per-core lines of this process's CPU affinity count: in a container on a larger host, the other cores'
+    load is not ours to yield to.
+    """
     try:
-        with Path("/proc/stat").open(encoding="ascii") as handle:
-            fields = handle.readline().split()
+        lines = Path("/proc/stat").read_text(encoding="ascii").splitlines()
     except OSError:
         return None
-    if not fields or fields[0] != "cpu" or len(fields) < 8:
-        return None
-    user, nice, system, _idle, _iowait, irq, softirq = (int(v) for v in fields[1:8])
-    steal = int(fields[8]) if len(fields) > 8 else 0
-    return (user + nice + system + irq + softirq + steal) / os.sysconf("SC_CLK_TCK")
+    usable = {f"cpu{i}" for i in os.sched_getaffinity(0)} if hasattr(os, "sched_getaffinity") else None
+    ticks = 0
+    for line in lines:
+        fields = line.split()
+        if len(fields) < 8 or not fields[0].startswith("cpu") or fields[0] == "cpu":
+            continue
+        if usable is not None and fields[0] not in usable:
+            continue
+        user, nice, system, _idle, _iowait, irq, softirq = (int(v) for v in fields[1:8])
+        steal = int(fields[8]) if len(fields) > 8 else 0
+        ticks += user + nice + system + irq + softirq + steal
+    return ticks / os.sysconf("SC_CLK_TCK") if ticks else None
 
 
 def busy_cores_elsewhere(window_s: float = 0.5) -> float | None:
