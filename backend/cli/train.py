@@ -14,7 +14,7 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
         help="train a slice network on labelled DICOM series",
         description=(
             "Train the 2D slice network on the labelled series under DATA_DIR (split train/validation by study), "
-            "keep the epoch with the best series-level validation macro F1, and write MODEL_DIR atomically "
+            "keep the epoch with the best slice-level validation macro F1, and write MODEL_DIR atomically "
             "(model.safetensors + manifest.json)."
         ),
     )
@@ -44,7 +44,7 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
         help="create a demo model from phantoms (cpu preset) unless MODEL_DIR already holds one",
         description=(
             "If MODEL_DIR holds no model: generate phantom series (or reuse --phantoms) and train the cpu preset "
-            "on them; ~10 minutes on 2 CPU cores. Same as `ctphase phantom P --n-per-class 40 --seed 1` then "
+            "on them; ~10 minutes on 2 CPU cores. Same as `ctphase phantom P --n-per-class 40 --seed 1 --max-slices 32` then "
             "`ctphase train P --labels P/labels.csv --out MODEL_DIR --preset cpu --seed 1`."
         ),
     )

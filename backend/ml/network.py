@@ -28,7 +28,12 @@ efficientnet_b2 @224 (paper)     52 /   115   14
 
 ``cpu`` is mobilenetv3_small_100 at 128 pixels: ~20x the paper network's CPU inference rate, so 90 sampled slices
 of a 300-slice series cost ~35 ms of network time and the series' cost is dominated by decoding the sampled
-slices. ``paper`` is the paper's efficientnet_b2 at 224 with the (50, 400) HU window (the default on CUDA).
+slices. Its input has two channels: the paper's (50, 400) window and :data:`SOFT_TISSUE_WINDOW` (0-240 HU), which
+raises the contrast 1.7-fold between the enhancement levels that separate the phases (liver 70-90 vs 100-130 HU, blood
+90-130 vs 140-200 HU); on phantoms it raised the held-out slice macro F1 from 0.59 to 0.63 and the series macro F1 from 0.67 to 0.73
+(majority) at 20 epochs (the 0-240 HU channel alone: 0.61 / 0.69), and it trains faster, so 30 epochs fit the
+starter's time budget: slice 0.68, series 0.83.
+``paper`` is the paper's efficientnet_b2 at 224 with the (50, 400) HU window (the default on CUDA).
 """
 
 from __future__ import annotations
@@ -67,6 +72,10 @@ _EMBEDDED_MANIFEST_KEY: Final[str] = "ctphase_manifest"
 
 RESIZE_METHOD: Final[str] = "antialiased bilinear (backend.ml.dicom.resize)"
 """How slices are brought to ``image_size``; recorded in the manifest's preprocessing."""
+
+
+SOFT_TISSUE_WINDOW: Final[tuple[float, float]] = (120.0, 240.0)
+"""(centre, width) HU of the ``cpu`` preset's second channel: 0-240 HU, the range of enhancing organs and blood."""
 
 
 @dataclass(frozen=True)
@@ -128,8 +137,8 @@ PRESETS: Final[dict[str, Preset]] = {
         name="cpu",
         arch="mobilenetv3_small_100",
         image_size=128,
-        windows=((50.0, 400.0),),
-        epochs=20,
+        windows=((50.0, 400.0), SOFT_TISSUE_WINDOW),
+        epochs=30,
         batch_size=32,
         lr=2e-3,
         warmup_epochs=3.0,
