@@ -44,7 +44,8 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
         help="create a demo model from phantoms (cpu preset) unless MODEL_DIR already holds one",
         description=(
             "If MODEL_DIR holds no model: generate phantom series (or reuse --phantoms) and train the cpu preset "
-            "on them; ~10 minutes on 2 CPU cores. Same as `ctphase phantom P --n-per-class 40 --seed 1 --max-slices 32` then "
+            "on them; ~10 minutes on 2 CPU cores. Same as "
+            "`ctphase phantom P --n-per-class 40 --seed 1 --max-slices 32` then "
             "`ctphase train P --labels P/labels.csv --out MODEL_DIR --preset cpu --seed 1`."
         ),
     )

@@ -29,10 +29,10 @@ efficientnet_b2 @224 (paper)     52 /   115   14
 ``cpu`` is mobilenetv3_small_100 at 128 pixels: ~20x the paper network's CPU inference rate, so 90 sampled slices
 of a 300-slice series cost ~35 ms of network time and the series' cost is dominated by decoding the sampled
 slices. Its input has two channels: the paper's (50, 400) window and :data:`SOFT_TISSUE_WINDOW` (0-240 HU), which
-raises the contrast 1.7-fold between the enhancement levels that separate the phases (liver 70-90 vs 100-130 HU, blood
-90-130 vs 140-200 HU); on phantoms it raised the held-out slice macro F1 from 0.59 to 0.63 and the series macro F1 from 0.67 to 0.73
-(majority) at 20 epochs (the 0-240 HU channel alone: 0.61 / 0.69), and it trains faster, so 30 epochs fit the
-starter's time budget: slice 0.68, series 0.83.
+raises 1.7-fold the contrast between the enhancement levels that separate the phases (liver 70-90 vs 100-130 HU,
+blood 90-130 vs 140-200 HU). On phantoms (80 held-out series, 20 epochs) it raised the slice macro F1 from 0.59 to
+0.63 and the series macro F1 (majority) from 0.67 to 0.73 (the 0-240 HU channel alone: 0.61 / 0.69); it also trains
+faster, and 30 epochs, which fit the starter's time budget, gave 0.68 / 0.83.
 ``paper`` is the paper's efficientnet_b2 at 224 with the (50, 400) HU window (the default on CUDA).
 """
 
