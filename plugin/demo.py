@@ -15,13 +15,16 @@ Everything runs on 127.0.0.1. Ctrl-C stops both servers; the work dir keeps the 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import logging
 import os
 import secrets
 import signal
+import socket
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Final
@@ -335,8 +338,54 @@ def follow_serving_version(client: LabelStudioClient, *, project: int, model_ver
     ls.ensure_project_model_version(client, project=project, model_version=model_version)
 
 
+def ensure_port_free(port: int) -> None:
+    """Refuse to start when something already listens on ``127.0.0.1:port``.
+
+    Without this check the demo's own backend would fail to bind while ``/health`` was answered by the other
+    server (e.g. an earlier demo's backend), and the demo would wire Label Studio to that one.
+
+    Raises:
+        RuntimeError: the port is taken (the message says how to go on).
+    """
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
+        try:
+            probe.bind(("127.0.0.1", port))
+        except OSError:
+            raise RuntimeError(
+                f"port {port} is already in use (another ctphase demo or serve?); stop it or pass --port"
+            ) from None
+
+
+@contextlib.contextmanager
+def sigterm_as_interrupt() -> Iterator[None]:
+    """Turn SIGTERM (``kill``, ``timeout``, a service manager) into KeyboardInterrupt, so the demo's cleanup runs.
+
+    The backend and Label Studio run in their own process groups; without this, SIGTERM would end the demo at
+    once and leave both servers running.
+    """
+
+    def interrupt(signum: int, frame: object) -> None:
+        raise KeyboardInterrupt
+
+    previous = signal.signal(signal.SIGTERM, interrupt)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
 def run_demo(args: argparse.Namespace) -> int:
     """The ``demo`` handler (see the module docstring)."""
+    try:
+        ensure_port_free(args.port)
+    except RuntimeError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 1
+    with sigterm_as_interrupt():
+        return _run_demo(args)
+
+
+def _run_demo(args: argparse.Namespace) -> int:
     for noisy in ("httpx", "alembic"):  # one line per HTTP request / migration plugin is not what a demo shows
         logging.getLogger(noisy).setLevel(logging.WARNING)
     paths = DemoPaths(args.workdir.resolve())
