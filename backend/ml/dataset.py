@@ -108,6 +108,7 @@ def cache_key(
     windows: Sequence[tuple[float, float]],
     size: int,
     crop_body: bool = False,
+    resize_first: bool = False,
 ) -> str:
     """Hex key naming a series' cache file: uid, slice count, first/last file, indices and preprocessing."""
     parts: dict[str, Any] = {
@@ -122,6 +123,8 @@ def cache_key(
     }
     if crop_body:  # absent when False, so caches written before the crop existed stay valid
         parts["crop"] = "body"
+    if resize_first:  # likewise
+        parts["order"] = "resize, then window"
     return hashlib.sha256(json.dumps(parts, sort_keys=True).encode()).hexdigest()[:32]
 
 
@@ -149,6 +152,7 @@ def cache_series(
     image_size: int,
     k: int,
     crop_body: bool = False,
+    resize_first: bool = False,
 ) -> CachedSeries:
     """Decode (once) and return the cached slices of one series.
 
@@ -159,6 +163,7 @@ def cache_series(
         image_size: output size in pixels.
         k: slice budget (see :func:`spread_indices`).
         crop_body: crop slices to the body (see :func:`backend.ml.dicom.to_network_input`).
+        resize_first: resize in HU, then window (see :func:`backend.ml.dicom.to_network_input`).
 
     Raises:
         DicomReadError: the series cannot be decoded.
@@ -168,10 +173,17 @@ def cache_series(
     if series.n_slices == 0:
         raise ValueError(f"series {series.series_instance_uid} has no slices")
     indices = spread_indices(series.n_slices, k, series_uid=series.series_instance_uid)
-    key = cache_key(series, indices, windows=windows, size=image_size, crop_body=crop_body)
+    key = cache_key(series, indices, windows=windows, size=image_size, crop_body=crop_body, resize_first=resize_first)
     path = cache_dir / f"{key}.npy"
     if not path.is_file():
-        images = load_slices(series, indices.tolist(), windows=windows, image_size=image_size, crop_body=crop_body)
+        images = load_slices(
+            series,
+            indices.tolist(),
+            windows=windows,
+            image_size=image_size,
+            crop_body=crop_body,
+            resize_first=resize_first,
+        )
         cache_dir.mkdir(parents=True, exist_ok=True)
         _write_atomic(path, _to_uint8(images))
     stored: NDArray[np.uint8] = np.load(path, mmap_mode="r", allow_pickle=False)
@@ -209,6 +221,7 @@ def build_cache(
     image_size: int,
     k: int,
     crop_body: bool = False,
+    resize_first: bool = False,
     workers: int = 2,
     should_stop: Callable[[], bool] | None = None,
     on_series_done: Callable[[], None] | None = None,
@@ -225,6 +238,7 @@ def build_cache(
         image_size: pixels.
         k: slices per series.
         crop_body: crop slices to the body.
+        resize_first: resize in HU, then window.
         workers: decoding threads (>= 1).
         should_stop: polled between series; True -> :class:`CacheBuildCancelledError`.
         on_series_done: called after each series (progress bars).
@@ -237,7 +251,14 @@ def build_cache(
     with ThreadPoolExecutor(max_workers=max(1, workers), thread_name_prefix="slice-cache") as pool:
         pending: dict[Future[CachedSeries], int] = {
             pool.submit(
-                cache_series, ex, cache_dir=cache_dir, windows=windows, image_size=image_size, k=k, crop_body=crop_body
+                cache_series,
+                ex,
+                cache_dir=cache_dir,
+                windows=windows,
+                image_size=image_size,
+                k=k,
+                crop_body=crop_body,
+                resize_first=resize_first,
             ): i
             for i, ex in enumerate(examples)
         }

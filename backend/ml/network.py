@@ -97,6 +97,8 @@ class Preset:
         inference_batch_size: slices per forward pass in :meth:`LoadedModel.predict_proba`.
         cpu_bf16_inference: use bf16 autocast for inference on CPU (only where measured faster and as accurate).
         crop_body: crop each slice to a square around the body before resizing (``backend.ml.dicom.body_boxes``).
+        resize_first: resize the HU image, then window it (``backend.ml.dicom.to_network_input``); else window at
+            full size, then resize each channel.
     """
 
     name: str
@@ -113,6 +115,7 @@ class Preset:
     inference_batch_size: int = 32
     cpu_bf16_inference: bool = False
     crop_body: bool = False
+    resize_first: bool = False
 
     @property
     def in_chans(self) -> int:
@@ -193,6 +196,7 @@ def preprocessing_spec(preset: Preset) -> dict[str, Any]:
         "image_size": preset.image_size,
         "crop": "body" if preset.crop_body else "none",
         "resize": RESIZE_METHOD,
+        "order": "resize, then window" if preset.resize_first else "window, then resize",
         "input_range": [0.0, 1.0],
         "normalization": "none",
         "slice_order": "ascending along the slice normal",
@@ -273,12 +277,18 @@ def preset_from_manifest(manifest: Manifest) -> Preset:
         inference_batch_size=base.inference_batch_size,
         cpu_bf16_inference=base.cpu_bf16_inference if base.arch == manifest.arch else False,
         crop_body=manifest_crops_body(manifest),
+        resize_first=manifest_resizes_first(manifest),
     )
 
 
 def manifest_crops_body(manifest: Manifest) -> bool:
     """Whether the artifact expects body-cropped slices (manifests written before the crop existed: no)."""
     return bool(manifest.preprocessing.get("crop", "none") == "body")
+
+
+def manifest_resizes_first(manifest: Manifest) -> bool:
+    """Whether the artifact expects slices resized in HU before windowing (manifests without the key: no)."""
+    return bool(manifest.preprocessing.get("order", "window, then resize") == "resize, then window")
 
 
 # --- the loaded model -------------------------------------------------------------------------------------------
@@ -316,6 +326,11 @@ class LoadedModel:
     def crop_body(self) -> bool:
         """Whether slices are cropped to the body before resizing (older manifests without the key: no)."""
         return manifest_crops_body(self.manifest)
+
+    @property
+    def resize_first(self) -> bool:
+        """Whether slices are resized in HU before windowing (older manifests without the key: no)."""
+        return manifest_resizes_first(self.manifest)
 
     def predict_proba(self, images: NDArray[Any]) -> NDArray[np.float32]:
         """Per-class sigmoid probabilities of slices.

@@ -247,16 +247,18 @@ class _Producer:
         windows: Sequence[tuple[float, float]],
         image_size: int,
         crop_body: bool,
+        resize_first: bool,
     ) -> None:
         self._sources = sources
         self._crop_body = crop_body
+        self._resize_first = resize_first
         self._options = options
         self._windows = tuple((float(c), float(w)) for c, w in windows)
         self._image_size = image_size
         self.queue: queue.Queue[_Message] = queue.Queue(maxsize=options.queue_depth)
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name="ctphase-decode", daemon=True)
-        self._buffer_cache: tuple[NDArray[np.float32], NDArray[np.float32]] | None = None
+        self._buffer_cache: tuple[NDArray[np.float32], NDArray[np.float32] | None] | None = None
 
     def start(self) -> None:
         self._thread.start()
@@ -293,14 +295,15 @@ class _Producer:
             except _StoppedError:
                 return
 
-    def _buffers(self, series: SeriesInfo) -> tuple[NDArray[np.float32], NDArray[np.float32]]:
-        """HU and windowed float32 buffers [chunk, rows, cols] / [chunk, c, rows, cols], reused across chunks."""
+    def _buffers(self, series: SeriesInfo) -> tuple[NDArray[np.float32], NDArray[np.float32] | None]:
+        """HU and windowed float32 buffers [chunk, rows, cols] / [chunk, c, rows, cols], reused across chunks.
+
+        No windowed buffer when the model resizes before windowing (it windows the small image).
+        """
         shape = (self._options.chunk_size, series.rows, series.columns)
         if self._buffer_cache is None or self._buffer_cache[0].shape != shape:
-            self._buffer_cache = (
-                np.empty(shape, dtype=np.float32),
-                np.empty((shape[0], len(self._windows), *shape[1:]), dtype=np.float32),
-            )
+            windowed = None if self._resize_first else np.empty((shape[0], len(self._windows), *shape[1:]), np.float32)
+            self._buffer_cache = (np.empty(shape, dtype=np.float32), windowed)
         return self._buffer_cache
 
     def _load(self, series: SeriesInfo, indices: list[int]) -> NDArray[np.float32]:
@@ -315,7 +318,8 @@ class _Producer:
             windows=self._windows,
             image_size=self._image_size,
             crop_body=self._crop_body,
-            window_buffer=window_buffer[:m],
+            resize_first=self._resize_first,
+            window_buffer=None if window_buffer is None else window_buffer[:m],
         )
 
     def _one(self, key: int, source: SeriesInfo | Path) -> None:
@@ -416,6 +420,7 @@ def predict_many(
         windows=[(float(c), float(w)) for c, w in model.manifest.windows],
         image_size=int(model.manifest.image_size),
         crop_body=model.crop_body,
+        resize_first=model.resize_first,
     )
     producer.start()
     current: _SeriesStart | None = None

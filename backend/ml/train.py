@@ -945,6 +945,7 @@ def _build_caches(
             image_size=plan.preset.image_size,
             k=plan.cache_slices_per_series,
             crop_body=plan.preset.crop_body,
+            resize_first=plan.preset.resize_first,
             workers=config.decode_workers,
             should_stop=stop,
             on_series_done=None if bar is None else partial(_tick, bar),

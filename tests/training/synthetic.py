@@ -65,6 +65,7 @@ def fake_load_slices(
     windows: Sequence[tuple[float, float]],
     image_size: int,
     crop_body: bool = False,
+    resize_first: bool = False,
 ) -> np.ndarray:
     """float32 [n, c, S, S] in [0, 1]: a disc (the body) and a bright blob whose place and level give the phase."""
     label = label_of(series.series_instance_uid)
