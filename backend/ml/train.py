@@ -111,7 +111,7 @@ class TrainConfig:
 
     Attributes:
         preset: preset name (``cpu``, ``paper``) or a :class:`~backend.ml.network.Preset` (tests use tiny ones).
-        epochs: passes over the training series (``cpu`` preset: 30; ``paper``: 15, the paper's).
+        epochs: passes over the training series (``cpu`` preset: 60; ``paper``: 15, the paper's).
         batch_size: slices per optimiser step.
         lr: peak learning rate (Adam).
         warmup_epochs: linear warm-up length, in epochs.

@@ -45,8 +45,10 @@ def test_presets_match_the_paper_and_the_cpu_budget() -> None:
     paper, cpu = PRESETS["paper"], PRESETS["cpu"]
     assert (paper.arch, paper.image_size, paper.windows, paper.epochs) == ("efficientnet_b2", 224, ((50.0, 400.0),), 15)
     assert cpu.image_size <= 128
-    assert cpu.windows[0] == (50.0, 400.0)  # the paper's window first; the cpu preset adds a soft-tissue channel
-    assert cpu.in_chans == len(cpu.windows) == 2
+    assert cpu.windows[0] == (50.0, 400.0)  # the paper's window first; the cpu preset adds two narrower channels
+    assert cpu.in_chans == len(cpu.windows) == 3
+    assert cpu.resize_first
+    assert not paper.resize_first  # the paper's order: window, then resize
     assert default_preset_name() == ("paper" if torch.cuda.is_available() else "cpu")
 
 
