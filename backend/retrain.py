@@ -207,6 +207,24 @@ def _finish(loop: Loop, job_id: int, *, status: str, error: str | None, decision
 # --- the work ---------------------------------------------------------------------------------------------------
 
 
+def _warm_start_source(loop: Loop, champion: ModelVersion | None, preset: str) -> Path | None:
+    """The champion's artifact when the candidate can start from its weights, else ``None`` (train from scratch).
+
+    A champion of the same preset name whose network or input differs (the preset's definition changed in an
+    upgrade) is not an error: the job trains from random weights and logs why.
+    """
+    from backend.ml.network import get_preset, read_manifest, warm_start_problem
+
+    if not loop.settings.train_warm_start or champion is None or champion.preset != preset:
+        return None
+    source = artifact_path(loop.settings.model_store, champion)
+    problem = warm_start_problem(get_preset(preset), read_manifest(source))
+    if problem is not None:
+        logger.info("not warm-starting from champion %s: %s; training from random weights", champion.label, problem)
+        return None
+    return source
+
+
 def _train_and_decide(loop: Loop, job: TrainingJob, *, workdir: Path, heartbeat: _Heartbeat) -> tuple[Decision, str]:
     from backend.ml.train import TrainConfig, train_model
 
@@ -215,9 +233,7 @@ def _train_and_decide(loop: Loop, job: TrainingJob, *, workdir: Path, heartbeat:
     dataset = build_dataset(loop, project=job.project, workdir=workdir / "series")
     champion = _champion(loop, job.project)
     preset = settings.train_preset or _default_preset()
-    init_from = None
-    if settings.train_warm_start and champion is not None and champion.preset == preset:
-        init_from = artifact_path(settings.model_store, champion)
+    init_from = _warm_start_source(loop, champion, preset)
     config = TrainConfig(
         preset=preset,
         epochs=settings.train_epochs,

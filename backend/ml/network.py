@@ -309,6 +309,23 @@ def manifest_resizes_first(manifest: Manifest) -> bool:
     return bool(manifest.preprocessing.get("order", "window, then resize") == "resize, then window")
 
 
+def warm_start_problem(preset: Preset, manifest: Manifest) -> str | None:
+    """Why a network of ``preset`` cannot start from the weights of ``manifest``'s model; ``None`` when it can.
+
+    The architecture, input size and windows (input channels) must match. A preset whose definition changed between
+    releases (the ``cpu`` preset went from 128 px with two windows to 96 px with three) has the same name as its
+    older champions but cannot take their weights.
+    """
+    wanted = (preset.arch, preset.image_size, [tuple(w) for w in preset.windows])
+    found = (manifest.arch, manifest.image_size, [tuple(w) for w in manifest.windows])
+    if wanted == found:
+        return None
+    return (
+        f"preset {preset.name!r} is {wanted[0]} @ {wanted[1]} px with windows {wanted[2]}, the model is a "
+        f"{found[0]} @ {found[1]} px model with windows {found[2]}"
+    )
+
+
 # --- the loaded model -------------------------------------------------------------------------------------------
 
 

@@ -63,6 +63,7 @@ from backend.ml.network import (
     resolve_device,
     save_model,
     training_data_fingerprint,
+    warm_start_problem,
 )
 from backend.ml.phases import N_PHASES, PHASES, as_phase
 from backend.ml.voting import majority_winner
@@ -763,13 +764,9 @@ def _split(
 def _warm_start(network: nn.Module, init_from: Path, preset: Preset) -> str:
     """Copy a model's weights into ``network``; returns the source weights' sha256."""
     source = load_model(init_from, device="cpu")
-    wanted = (preset.arch, preset.image_size, [tuple(w) for w in preset.windows])
-    found = (source.manifest.arch, source.manifest.image_size, [tuple(w) for w in source.manifest.windows])
-    if wanted != found:
-        raise ModelArtifactError(
-            f"{init_from}: cannot warm-start preset {preset.name!r} ({wanted[0]} @ {wanted[1]} px, windows "
-            f"{wanted[2]}) from a {found[0]} @ {found[1]} px model with windows {found[2]}"
-        )
+    problem = warm_start_problem(preset, source.manifest)
+    if problem is not None:
+        raise ModelArtifactError(f"{init_from}: cannot warm-start: {problem}")
     network.load_state_dict(source.network.state_dict())
     return source.manifest.weights_sha256
 

@@ -10,6 +10,8 @@ training, the same-held-out comparison, registration, promotion, re-scoring into
 
 from __future__ import annotations
 
+import dataclasses
+
 import pytest
 from fastapi.testclient import TestClient
 
@@ -142,3 +144,28 @@ def test_too_few_labels_fail_the_job_with_a_clear_message(pg_database_url, make_
     assert job.status == "failed"
     assert "at least 4 are needed" in job.error
     assert job.finished_at is not None
+
+
+def test_champion_of_an_older_preset_definition_is_not_warm_started(
+    pg_database_url, make_loop, fake_ls, phantom_dataset, tiny_training, tmp_path, monkeypatch
+):
+    """An upgrade that redefines a preset (the cpu preset went from 128 to 96 px) must not break retraining."""
+    from backend.ml.network import PRESETS
+
+    current = PRESETS[tiny_training]
+    monkeypatch.setitem(PRESETS, tiny_training, dataclasses.replace(current, image_size=current.image_size * 2))
+    older = constant_model(tmp_path / "older", tiny_training, "others")
+    monkeypatch.setitem(PRESETS, tiny_training, current)
+    tasks = phantom_tasks(fake_ls, phantom_dataset, project=15)
+    settings = _settings(phantom_dataset, tiny_training, len(tasks), train_warm_start=True, train_epochs=1)
+    loop = make_loop(pg_database_url, fake=fake_ls, **settings)
+    install_champion(loop, older, project="15")
+
+    _label_all(loop, fake_ls, tasks, lambda task: task["phase"])
+
+    (job,) = list_jobs(loop, project="15")
+    assert job.status == "succeeded", job.error
+    with loop.sessions() as session:
+        candidate = session.get(ModelVersion, job.candidate_version_id)
+        assert candidate is not None
+        assert candidate.parent_version_id is None  # trained from random weights, not from the older champion
