@@ -23,8 +23,8 @@ Missing pieces are created on demand (times are printed):
 
 - training set: ``generate_dataset(n_per_class=40, seed=1)`` (default compression);
 - test set: ``generate_dataset(n_per_class=N, seed=7, compression=<uncompressed>)`` + JPEG 2000 copies;
-- cpu model: ``ctphase train TRAIN --preset cpu --seed 1`` (measured 56 min on 2 cores shared with other jobs at a
-  load average of 5-13; much less on an idle machine);
+- cpu model: ``ctphase train TRAIN --preset cpu --seed 1`` (measured 6.3 min on an idle 2-core machine, on the
+  starter's 32-slice training phantoms);
 - 3D baseline: ``python -m bench.baseline3d train`` (same conditions: 5 min to read the 160 volumes, 19 min for
   12 epochs).
 
