@@ -593,32 +593,33 @@ def to_network_input(
     Returns:
         float32 [n, len(windows), image_size, image_size] in [0, 1], a fresh array (never ``window_buffer``).
     """
+    boxes = body_boxes(hu) if crop_body else None
     if resize_first:
-        return window(_resized_hu(hu, image_size=image_size, crop_body=crop_body), windows)
+        air = np.full(1, AIR_HU, dtype=np.float32)
+        return window(_crop_and_resize(hu[:, None], boxes=boxes, pad=air, size=image_size)[:, 0], windows)
     windowed = window(hu, windows, out=window_buffer)
-    if not crop_body:
-        resized = resize(windowed, image_size)
-        resized = resized.copy() if np.shares_memory(resized, windowed) else resized
-    else:
-        pad = window(np.full((1, 1, 1), AIR_HU, dtype=np.float32), windows)[0, :, 0, 0]
-        boxes = body_boxes(hu)
-        resized = np.empty((hu.shape[0], len(windows), image_size, image_size), dtype=np.float32)
-        for k in range(hu.shape[0]):
-            resized[k] = resize(_crop(windowed[k], boxes[k], pad)[None], image_size)[0]
+    pad = window(np.full((1, 1, 1), AIR_HU, dtype=np.float32), windows)[0, :, 0, 0]
+    resized = _crop_and_resize(windowed, boxes=boxes, pad=pad, size=image_size)
     np.clip(resized, 0.0, 1.0, out=resized)  # interpolation rounding can step past 1 by ~1e-7
     return resized
 
 
-def _resized_hu(hu: npt.NDArray[np.float32], *, image_size: int, crop_body: bool) -> npt.NDArray[np.float32]:
-    """float32 [n, image_size, image_size] HU: ``hu`` [n, rows, cols], optionally body-cropped, then resized."""
-    if not crop_body:
-        return resize(hu[:, None], image_size)[:, 0]
-    pad = np.full(1, AIR_HU, dtype=np.float32)
-    boxes = body_boxes(hu)
-    resized = np.empty((hu.shape[0], image_size, image_size), dtype=np.float32)
-    for k in range(hu.shape[0]):
-        resized[k] = resize(_crop(hu[k][None], boxes[k], pad)[None], image_size)[0, 0]
-    return resized
+def _crop_and_resize(
+    images: npt.NDArray[np.float32],
+    *,
+    boxes: npt.NDArray[np.int64] | None,
+    pad: npt.NDArray[np.float32],
+    size: int,
+) -> npt.NDArray[np.float32]:
+    """float32 [n, c, size, size], a fresh array: each of ``images`` [n, c, rows, cols] cropped to its box of
+    ``boxes`` [n, 4] (pixels outside the image get ``pad`` [c]) and resized; ``boxes=None``: the whole image."""
+    if boxes is None:
+        resized = resize(images, size)
+        return resized.copy() if np.shares_memory(resized, images) else resized
+    out = np.empty((images.shape[0], images.shape[1], size, size), dtype=np.float32)
+    for k in range(images.shape[0]):
+        out[k] = resize(_crop(images[k], boxes[k], pad)[None], size)[0]
+    return out
 
 
 def load_slices(

@@ -85,8 +85,9 @@ def test_slice_cache_and_prediction_follow_the_model(tmp_path: Path) -> None:
     expected = load_slices(series, list(range(12)), resize_first=True, **options)
     np.testing.assert_array_equal(cached.images, np.rint(expected * 255).astype(np.uint8))
 
-    preset = Preset(name="tiny", arch="test_efficientnet", image_size=16, windows=WINDOWS, crop_body=True,
-                    resize_first=True)  # fmt: skip
+    preset = Preset(
+        name="tiny", arch="test_efficientnet", image_size=16, windows=WINDOWS, crop_body=True, resize_first=True
+    )
     save_model(
         tmp_path / "m", network=create_network(preset), manifest=build_manifest(preset, fingerprint="t", metrics={})
     )
