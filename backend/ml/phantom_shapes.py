@@ -155,6 +155,18 @@ class Shape(ABC):
             warp: float32 [ny, nx] smooth unit-variance field perturbing boundaries, or None.
         """
 
+    def _section_region(self, grid: Grid, section: _Section, warp: FloatArray | None) -> Region | None:
+        """The superellipse ``section`` on ``grid`` with this shape's wall, split and irregularity."""
+        return _ellipse_region(
+            grid,
+            section,
+            wall_mm=self.wall_mm,
+            want_inner=self.inner is not None,
+            want_rel_y=self.split is not None,
+            warp=warp if self.irregularity > 0.0 else None,
+            irregularity=self.irregularity,
+        )
+
 
 @dataclass(frozen=True)
 class _Section:
@@ -268,15 +280,7 @@ class Ellipsoid(Shape):
             angle=self.angle,
             boxiness=0.0,
         )
-        return _ellipse_region(
-            grid,
-            section,
-            wall_mm=self.wall_mm,
-            want_inner=self.inner is not None,
-            want_rel_y=self.split is not None,
-            warp=warp if self.irregularity > 0.0 else None,
-            irregularity=self.irregularity,
-        )
+        return self._section_region(grid, section, warp)
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -303,15 +307,7 @@ class Loft(Shape):
             return None
         cx, cy, a, b, angle = (float(np.interp(s, self.keys[:, 0], self.keys[:, i])) for i in range(1, 6))
         section = _Section(cx=cx, cy=cy, a=a, b=b, b_front=b * self.front_scale, angle=angle, boxiness=self.boxiness)
-        return _ellipse_region(
-            grid,
-            section,
-            wall_mm=self.wall_mm,
-            want_inner=self.inner is not None,
-            want_rel_y=self.split is not None,
-            warp=warp if self.irregularity > 0.0 else None,
-            irregularity=self.irregularity,
-        )
+        return self._section_region(grid, section, warp)
 
 
 @dataclass(frozen=True, kw_only=True)
