@@ -61,10 +61,12 @@ peak lr 4e-3                                        0.88 / 0.87 / 0.86      0.91
 120 epochs (twice the compute)                      0.91 / 0.88 / 0.95      0.92 / 0.91 / 0.95
 ================================================== ======================= ================
 
-Twice the patients at equal steps, milder intensity augmentation, a higher learning rate and twice the training all
-stay at 0.89-0.91: the recipe has reached what this network at this input size learns from these phantoms, and the
-remaining errors (transitional and early-arterial "others", late-arterial series voted "others" or non-contrast
-on pelvic slices) need a different lever than more of the same training.
+Pooled over the 320 series, no variant beats the shipped recipe by more than the run-to-run noise (the same recipe
+scored 0.86 and 0.91 on seed 11 in two runs); twice the epochs is the best row by about 0.01 at twice the training
+time. The remaining errors are the rare "others" sub-phases (transitional, early arterial) and late-arterial series
+voted "others": levers other than more of the same training are needed (a larger network and input on a GPU, or
+fewer uninformative slices in the vote).
+
 An epoch at 96 pixels costs ~0.8x one at 128 (6.9 vs 8.2 s here), so 60 epochs take ~1.7x the time of the previous
 30. Inference runs ~2,200 slices/s at 96 pixels (2 threads, channels_last; ~1,750 at 128), so a 300-slice series' 90
 sampled slices cost ~40 ms of network time and the series' cost is dominated by decoding the sampled slices.
