@@ -23,6 +23,8 @@ def _positive_int(text: str) -> int:
 
 def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     """Add the ``predict`` and ``evaluate`` subcommands."""
+    from backend.ml.voting import DEFAULT_VOTING, VOTING_METHODS
+
     predict = subparsers.add_parser(
         "predict",
         help="predict the phase of every CT series under a folder",
@@ -37,7 +39,13 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     predict.add_argument("--out", required=True, help="output CSV (one row per series)")
     predict.add_argument("--sample-fraction", type=_fraction, default=None, help="R in (0, 1] (default 0.3)")
     predict.add_argument("--min-slices", type=_positive_int, default=None, help="minimum slices per vote (default 8)")
-    predict.add_argument("--voting", choices=("majority", "mean"), default="majority", help="series vote")
+    predict.add_argument(
+        "--voting",
+        choices=VOTING_METHODS,
+        default=DEFAULT_VOTING,
+        help="series vote: majority (the paper's), mean (of the probabilities) or weighted (majority, each slice's "
+        f"vote weighted by its certainty; default {DEFAULT_VOTING})",
+    )
     predict.add_argument(
         "--slices-out",
         default=None,
@@ -67,7 +75,12 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     evaluate.add_argument("--bootstrap", type=_positive_int, default=5000, help="bootstrap resamples (default 5000)")
     evaluate.add_argument("--seed", type=int, default=0, help="bootstrap seed")
     evaluate.add_argument("--repeats", type=_positive_int, default=5, help="random samples per R for the F1-vs-R curve")
-    evaluate.add_argument("--voting", choices=("majority", "mean"), default="majority", help="vote for the R curve")
+    evaluate.add_argument(
+        "--voting",
+        choices=VOTING_METHODS,
+        default=DEFAULT_VOTING,
+        help=f"vote for the R curve (default {DEFAULT_VOTING})",
+    )
     evaluate.set_defaults(func=_run_evaluate)
 
 

@@ -47,7 +47,7 @@ from numpy.typing import NDArray
 
 from backend.ml.phases import N_PHASES, PHASES, phase_index
 from backend.ml.sampling import sample_size, series_rng
-from backend.ml.voting import VotingMethod
+from backend.ml.voting import DEFAULT_VOTING, VotingMethod, certainty_weights
 
 MISSING = N_PHASES
 """Column index of the ``missing`` pseudo-class in confusion matrices (predicted label -1 maps here)."""
@@ -538,8 +538,11 @@ def _prefix_labels(
     mean_sums = np.cumsum(permuted, axis=0)[sizes - 1]  # [r, 4], proportional to the means of each prefix
     if method == "mean":
         return np.asarray(np.argmax(mean_sums, axis=1), dtype=np.int64)
-    one_hot = np.eye(N_PHASES, dtype=np.int64)[permuted.argmax(axis=1)]
+    one_hot = np.eye(N_PHASES, dtype=np.float64)[permuted.argmax(axis=1)]
     counts = np.cumsum(one_hot, axis=0)[sizes - 1]  # [r, 4]
+    if method == "weighted":
+        weighted = np.cumsum(one_hot * certainty_weights(permuted)[:, None], axis=0)[sizes - 1]
+        counts = np.where(weighted.sum(axis=1, keepdims=True) > 0.0, weighted, counts)
     tied = counts == counts.max(axis=1, keepdims=True)
     return np.asarray(np.argmax(np.where(tied, mean_sums, -np.inf), axis=1), dtype=np.int64)
 
@@ -551,7 +554,7 @@ def fraction_curve(
     fractions: Sequence[float] = DEFAULT_FRACTIONS,
     repeats: int = 5,
     min_slices: int = 1,
-    method: VotingMethod = "majority",
+    method: VotingMethod = DEFAULT_VOTING,
 ) -> FractionCurve:
     """Macro F1 versus R, re-deriving each series' vote from sub-samples of its stored slice probabilities.
 
@@ -846,7 +849,7 @@ def run_evaluation(
     n_bootstrap: int = 5000,
     seed: int = 0,
     repeats: int = 5,
-    method: VotingMethod = "majority",
+    method: VotingMethod = DEFAULT_VOTING,
     fractions: Sequence[float] = DEFAULT_FRACTIONS,
 ) -> EvaluationReport:
     """Evaluate predictions against labels and write the report folder.

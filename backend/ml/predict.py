@@ -32,7 +32,7 @@ from numpy.typing import NDArray
 
 from backend.ml.phases import N_PHASES, PHASES, Phase
 from backend.ml.sampling import DEFAULT_FRACTION, DEFAULT_MIN_SLICES, sample_indices
-from backend.ml.voting import SeriesVote, VotingMethod, vote
+from backend.ml.voting import DEFAULT_VOTING, SeriesVote, VotingMethod, vote
 
 if TYPE_CHECKING:
     from backend.ml.dicom import SeriesInfo
@@ -127,7 +127,7 @@ class PredictOptions:
     Attributes:
         sample_fraction: R, the share of slices that vote, in (0, 1].
         min_slices: at least this many slices vote (all of them when the series is shorter).
-        method: ``"majority"`` (paper) or ``"mean"``.
+        method: ``"majority"`` (paper), ``"mean"`` or ``"weighted"`` (see :mod:`backend.ml.voting`).
         chunk_size: slices decoded, preprocessed and sent to the network together.
         classify_all: run the network on every slice (evaluation); the vote still uses only the sample.
         queue_depth: decoded chunks the producer thread may hold ahead of the network.
@@ -137,7 +137,7 @@ class PredictOptions:
 
     sample_fraction: float = DEFAULT_FRACTION
     min_slices: int = DEFAULT_MIN_SLICES
-    method: VotingMethod = "majority"
+    method: VotingMethod = DEFAULT_VOTING
     chunk_size: int = DEFAULT_CHUNK_SIZE
     classify_all: bool = False
     queue_depth: int = DEFAULT_QUEUE_DEPTH
@@ -454,7 +454,7 @@ def predict_series(
     *,
     sample_fraction: float = DEFAULT_FRACTION,
     min_slices: int = DEFAULT_MIN_SLICES,
-    method: VotingMethod = "majority",
+    method: VotingMethod = DEFAULT_VOTING,
     chunk_size: int = DEFAULT_CHUNK_SIZE,
     classify_all: bool = False,
 ) -> SeriesPrediction:
@@ -467,7 +467,7 @@ def predict_series(
         series: the discovered series (headers only; pixels are decoded here, only for the sampled slices).
         sample_fraction: R, in (0, 1].
         min_slices: at least this many slices vote.
-        method: ``"majority"`` (paper) or ``"mean"``.
+        method: ``"majority"`` (paper), ``"mean"`` or ``"weighted"`` (see :mod:`backend.ml.voting`).
         chunk_size: slices per decode/network chunk.
         classify_all: also classify the slices that do not vote (evaluation: keeps every slice's probabilities).
 

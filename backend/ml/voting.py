@@ -7,6 +7,12 @@ The network is trained one-vs-rest (a sigmoid per class), so a slice's four prob
   ``confidence`` is the winning vote fraction; ``entropy`` is that of the vote distribution.
 - ``mean``: average each class's probability over the slices, normalise the four means to sum 1, take the arg-max.
   ``confidence`` is the winning normalised mean probability; ``entropy`` is that of the normalised means.
+- ``weighted``: the majority vote with each slice's vote weighted by its certainty, ``1 - normalised entropy`` of
+  its four probabilities normalised to sum 1 (:func:`certainty_weights`): a slice that sees the phase (liver,
+  portal vein, aorta and kidneys at once) counts fully, a slice that cannot tell (a thigh, a lung base) counts
+  little instead of diluting the vote. Ties are broken as in ``majority``; if every slice is completely uncertain
+  the plain majority decides. ``confidence`` is the winning share of the weight; ``entropy`` is that of the weighted
+  vote distribution.
 
 ``entropy`` is the Shannon entropy divided by ``log(4)``, so it lies in [0, 1]: 0 when one class takes everything,
 1 for a uniform distribution. ``margin`` is top-1 minus top-2 of the same distribution (votes or means).
@@ -17,15 +23,17 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Any, Literal, TypeAlias
+from typing import Any, Final, Literal, TypeAlias
 
 import numpy as np
 from numpy.typing import NDArray
 
 from backend.ml.phases import N_PHASES, PHASES, Phase
 
-VotingMethod: TypeAlias = Literal["majority", "mean"]
-VOTING_METHODS: tuple[VotingMethod, ...] = ("majority", "mean")
+VotingMethod: TypeAlias = Literal["majority", "mean", "weighted"]
+VOTING_METHODS: tuple[VotingMethod, ...] = ("majority", "mean", "weighted")
+DEFAULT_VOTING: Final[VotingMethod] = "weighted"
+"""The vote of ``ctphase predict``, ``ctphase evaluate``, the service and training's validation (see the module)."""
 
 
 @dataclass(frozen=True)
@@ -34,7 +42,8 @@ class SeriesVote:
 
     Attributes:
         phase: the winning phase.
-        confidence: winning vote fraction (majority) or winning normalised mean probability (mean), in [0, 1].
+        confidence: winning vote fraction (majority), winning normalised mean probability (mean) or winning share of
+            the certainty-weighted votes (weighted), in [0, 1].
         vote_fractions: per phase (order of ``PHASES``), share of slices whose arg-max is that phase; sums to 1.
         mean_probabilities: per phase, mean sigmoid probability over slices, normalised to sum 1.
         entropy: normalised Shannon entropy in [0, 1] of the distribution the method decides on.
@@ -96,18 +105,54 @@ def normalised_means(probs: NDArray[Any]) -> NDArray[Any]:
     return np.asarray(means / total, dtype=np.float64)
 
 
+def certainty_weights(probs: NDArray[Any]) -> NDArray[np.float64]:
+    """Each slice's certainty: 1 minus the normalised entropy of its probabilities normalised to sum 1.
+
+    Args:
+        probs: float [n, 4] slice probabilities in [0, 1].
+
+    Returns:
+        float64 [n] in [0, 1]: 1 when one class holds all the probability, 0 for four equal probabilities (or all 0).
+    """
+    p = np.asarray(probs, dtype=np.float64)
+    totals = p.sum(axis=1, keepdims=True)
+    q = np.where(totals > 0.0, p / np.where(totals > 0.0, totals, 1.0), 1.0 / N_PHASES)
+    plogp = np.where(q > 0.0, q * np.log(np.where(q > 0.0, q, 1.0)), 0.0)
+    return np.asarray(np.clip(1.0 + plogp.sum(axis=1) / math.log(N_PHASES), 0.0, 1.0), dtype=np.float64)
+
+
+def weighted_votes(probs: NDArray[Any]) -> NDArray[np.float64]:
+    """Per-class sum of the certainty-weighted arg-max votes (plain vote counts if every weight is 0).
+
+    Args:
+        probs: float [n, 4] slice probabilities (validated by the caller).
+
+    Returns:
+        float64 [4], non-negative, with a positive sum.
+    """
+    winners = probs.argmax(axis=1)
+    totals = np.bincount(winners, weights=certainty_weights(probs), minlength=N_PHASES)
+    if totals.sum() <= 0.0:
+        totals = np.bincount(winners, minlength=N_PHASES).astype(np.float64)
+    return np.asarray(totals, dtype=np.float64)
+
+
+def _winner_of(scores: NDArray[Any], probs: NDArray[Any]) -> int:
+    """Arg-max of per-class ``scores`` [4], ties broken by the higher mean probability, then the lower index."""
+    tied = np.flatnonzero(scores == scores.max())
+    if tied.size == 1:
+        return int(tied[0])
+    means = probs.mean(axis=0)
+    return int(tied[np.argmax(means[tied])])  # argmax takes the first (lowest index) on an exact tie
+
+
 def majority_winner(probs: NDArray[Any]) -> int:
     """Class index chosen by the paper's majority vote, ties broken by mean probability then lower index.
 
     Args:
         probs: float [n, 4] slice probabilities (validated by the caller).
     """
-    counts = np.bincount(probs.argmax(axis=1), minlength=N_PHASES)
-    tied = np.flatnonzero(counts == counts.max())
-    if tied.size == 1:
-        return int(tied[0])
-    means = probs.mean(axis=0)
-    return int(tied[np.argmax(means[tied])])  # argmax takes the first (lowest index) on an exact tie
+    return _winner_of(np.bincount(probs.argmax(axis=1), minlength=N_PHASES), probs)
 
 
 def _top_margin(distribution: NDArray[Any]) -> float:
@@ -115,12 +160,13 @@ def _top_margin(distribution: NDArray[Any]) -> float:
     return float(top2[1] - top2[0])
 
 
-def vote(slice_probs: NDArray[Any], *, method: VotingMethod = "majority") -> SeriesVote:
+def vote(slice_probs: NDArray[Any], *, method: VotingMethod = DEFAULT_VOTING) -> SeriesVote:
     """Combine slice probabilities into a series decision.
 
     Args:
         slice_probs: float [n, 4] per-slice sigmoid probabilities in [0, 1], columns in ``PHASES`` order.
-        method: ``"majority"`` (the paper's vote over per-slice arg-max) or ``"mean"`` (arg-max of mean probability).
+        method: ``"majority"`` (the paper's vote over per-slice arg-max), ``"mean"`` (arg-max of mean probability)
+            or ``"weighted"`` (majority with certainty-weighted votes).
 
     Returns:
         The :class:`SeriesVote`.
@@ -137,6 +183,10 @@ def vote(slice_probs: NDArray[Any], *, method: VotingMethod = "majority") -> Ser
     if method == "majority":
         winner = majority_winner(probs)
         decided_on = fractions
+    elif method == "weighted":
+        totals = weighted_votes(probs)
+        winner = _winner_of(totals, probs)
+        decided_on = totals / totals.sum()
     else:
         winner = int(np.argmax(means))
         decided_on = means
@@ -151,8 +201,8 @@ def vote(slice_probs: NDArray[Any], *, method: VotingMethod = "majority") -> Ser
     )
 
 
-def vote_label(slice_probs: NDArray[Any], *, method: VotingMethod = "majority") -> int:
-    """Only the winning class index of :func:`vote`, without validation (hot loop of the evaluation's R sweep).
+def winner_index(slice_probs: NDArray[Any], *, method: VotingMethod = DEFAULT_VOTING) -> int:
+    """Only the winning class index of :func:`vote`, without validation (training's per-epoch validation).
 
     Args:
         slice_probs: float [n, 4], n >= 1, already validated.
@@ -160,4 +210,6 @@ def vote_label(slice_probs: NDArray[Any], *, method: VotingMethod = "majority") 
     """
     if method == "majority":
         return majority_winner(slice_probs)
+    if method == "weighted":
+        return _winner_of(weighted_votes(slice_probs), slice_probs)
     return int(np.argmax(slice_probs.mean(axis=0)))

@@ -158,9 +158,10 @@ def _synthetic_slices(n_series=40, n_slices=60, accuracy=0.62, seed=0):
     return labels, SliceTable(probabilities=probabilities, slice_index=indices, n_slices=counts)
 
 
-def test_f1_versus_r_rises_and_matches_the_inference_vote():
+@pytest.mark.parametrize("method", ["majority", "mean", "weighted"])
+def test_f1_versus_r_rises_and_matches_the_inference_vote(method):
     labels, slices = _synthetic_slices()
-    curve = fraction_curve(labels, slices, repeats=4)
+    curve = fraction_curve(labels, slices, repeats=4, method=method)
     mean = curve.macro_f1.mean(axis=0)
     assert curve.macro_f1.shape == (4, 100)
     assert mean[0] < 0.8, "1% of 60 slices is a single slice: about the slice accuracy"
@@ -172,7 +173,7 @@ def test_f1_versus_r_rises_and_matches_the_inference_vote():
     expected = []
     for uid in labels:
         idx = sample_indices(60, series_uid=uid, fraction=0.3, min_slices=1)
-        expected.append(PHASES.index(vote(slices.probabilities[uid][idx]).phase))
+        expected.append(PHASES.index(vote(slices.probabilities[uid][idx], method=method).phase))
     true = np.array(list(labels.values()))
     direct = scores_from_confusion(confusion_matrix(true, np.array(expected)))["macro_f1"]
     assert curve.macro_f1[0, 29] == pytest.approx(direct)
