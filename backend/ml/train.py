@@ -18,10 +18,11 @@ The recipe:
   only pixels strictly inside a window are perturbed (air stays 0, bone/contrast above the window stays 1, as at
   inference).
 - **Validation** each epoch on the held-out studies: slice-level macro F1 (arg-max per slice) and series-level
-  macro F1 (the paper's majority vote over the cached slices); the epoch with the best slice-level macro F1 (ties:
-  series-level F1, then validation loss) is kept. Slice-level first: a validation split of a few dozen series moves
-  the series F1 by 0.1-0.2 between neighbouring epochs, so its maximum is mostly luck (measured on phantoms: the
-  series-F1 peak at epoch 11 of 24 scored 0.66 on held-out series), while the slice F1 over ~1,000 slices is steady.
+  macro F1 (the default vote of :mod:`backend.ml.voting` over the cached slices); the epoch with the best
+  slice-level macro F1 (ties: series-level F1, then validation loss) is kept. Slice-level first: a validation split
+  of a few dozen series moves the series F1 by 0.1-0.2 between neighbouring epochs, so its maximum is mostly luck
+  (measured on phantoms: the series-F1 peak at epoch 11 of 24 scored 0.66 on held-out series), while the slice F1
+  over ~1,000 slices is steady.
 - **Atomic output**: the artifact is written once, at the end, by :func:`~backend.ml.network.save_model`;
   cancellation (``should_stop()``) or Ctrl-C leaves no model folder behind.
 - CPU runs are deterministic for a seed (seeded generators, ``torch.use_deterministic_algorithms``); CUDA runs use
@@ -66,7 +67,7 @@ from backend.ml.network import (
     warm_start_problem,
 )
 from backend.ml.phases import N_PHASES, PHASES, as_phase
-from backend.ml.voting import majority_winner
+from backend.ml.voting import DEFAULT_VOTING, winner_index
 
 __all__ = [
     "ClassWeightedBCE",
@@ -428,7 +429,7 @@ class Evaluation:
     Attributes:
         loss: mean weighted BCE over slices.
         slice_macro_f1: macro F1 of per-slice arg-max predictions.
-        series_macro_f1: macro F1 of per-series majority votes.
+        series_macro_f1: macro F1 of per-series votes (:data:`~backend.ml.voting.DEFAULT_VOTING`).
         slice_f1: per-phase slice-level F1.
         series_f1: per-phase series-level F1.
         series_accuracy: share of series voted correctly.
@@ -470,7 +471,7 @@ def evaluate_cached(
     slice_true = np.concatenate([np.full(len(p), s.label) for p, s in zip(probs, series, strict=True)])
     slice_pred = np.concatenate([p.argmax(axis=1) for p in probs])
     series_true = np.asarray([s.label for s in series])
-    series_pred = np.asarray([majority_winner(p) for p in probs])
+    series_pred = np.asarray([winner_index(p, method=DEFAULT_VOTING) for p in probs])
     slice_scores = scores_from_confusion(confusion_matrix(slice_true, slice_pred))
     series_scores = scores_from_confusion(confusion_matrix(series_true, series_pred))
     return Evaluation(
