@@ -86,10 +86,10 @@ EMA, batch 64, peak lr 3e-3, 112 pixels             0.87 / 0.91             --
 The weighted vote adds 0.03-0.09 to every model; no training variant beats ``cpu`` under it. Batch 64 was tried for
 speed (230 vs 182 images/s for the bare network step): in the full loop its epochs are 1.13x faster (12.4 vs 14.1 s,
 measured back to back), ~1.5 of the 16.3 minutes, and a product run of it (with EMA) scored 0.88 vs 0.89 for ``cpu``
-on 160 fresh series of seed 41. Batch 64 alone (without the moving average) was not measured for accuracy, so it was
-not adopted. Cutting epochs costs accuracy (40 epochs: -0.05). Also measured and not adopted: averaging each slice
-with its horizontal mirror at inference (seed 31: 0.85 / 0.91, no gain) and ``torch.compile`` for training (84 s to
-compile, no faster per step on this CPU).
+on 160 fresh series of seed 41. Batch 64 alone (no moving average) scored 0.79 / 0.87 and 0.84 / 0.91 on seeds 31
+and 21, below ``cpu``. Cutting epochs costs accuracy (40 epochs: -0.05). Also measured and not adopted: averaging
+each slice with its horizontal mirror at inference (seed 31: 0.85 / 0.91, no gain) and ``torch.compile`` for
+training (84 s to compile, no faster per step on this CPU).
 
 An epoch at 96 pixels costs ~0.8x one at 128 (6.9 vs 8.2 s here), so 60 epochs take ~1.7x the time of the previous
 30. Inference runs ~2,200 slices/s at 96 pixels (2 threads, channels_last; ~1,750 at 128), so a 300-slice series' 90
