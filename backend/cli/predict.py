@@ -81,6 +81,13 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
         default=DEFAULT_VOTING,
         help=f"vote for the R curve (default {DEFAULT_VOTING})",
     )
+    evaluate.add_argument(
+        "--by",
+        default=None,
+        metavar="COLUMN",
+        help="also count series-level predictions per value of this labels.csv column (default: subphase, when "
+        "present, as in phantom labels; e.g. a scanner or protocol column of your own labels)",
+    )
     evaluate.set_defaults(func=_run_evaluate)
 
 
@@ -163,6 +170,7 @@ def _run_evaluate(args: argparse.Namespace) -> int:
             seed=args.seed,
             repeats=args.repeats,
             method=args.voting,
+            by=args.by,
         )
     except EvaluationError as exc:
         print(f"ctphase evaluate: {exc}", file=sys.stderr)

@@ -18,6 +18,9 @@ Conventions (documented here once, used everywhere below):
   strongly correlated; resampling single slices would give CIs that are far too narrow. Both levels are computed
   the same vectorised way: per-series confusion matrices ``[m, 4, 5]`` times multinomial resample counts
   ``[B, m]`` gives ``B`` confusion matrices at once.
+- **Breakdown** (``--by COLUMN``): series-level predictions counted per value of any labels.csv column, e.g. a
+  phantom's ``subphase`` (the default when present: it shows which sub-phase of "others" a model misses) or a
+  scanner or protocol column of real labels. Counts only, no CIs: groups can be a handful of series.
 - **ROC/AUC** are one-vs-rest. Series scores are the ``p_*`` columns of ``preds.csv`` (normalised mean slice
   probabilities); slice scores are the slice probabilities. Series without a prediction have no score and are left
   out of the ROC (they are counted in Table 5). AUC is the Mann-Whitney statistic (ties count one half), which
@@ -318,6 +321,21 @@ def read_labels_csv(path: Path) -> dict[str, int]:
     return labels
 
 
+def read_label_groups(path: Path, column: str) -> dict[str, str]:
+    """Read ``series_instance_uid`` -> the value of ``column`` (e.g. a phantom's ``subphase``, a scanner model).
+
+    Raises:
+        EvaluationError: missing file or column.
+    """
+    rows = _open_rows(path, ("series_instance_uid", column))
+    return {row["series_instance_uid"].strip(): row[column].strip() or "(empty)" for row in rows}
+
+
+def _has_column(path: Path, column: str) -> bool:
+    with path.open(newline="") as handle:
+        return column in (csv.DictReader(handle).fieldnames or [])
+
+
 def read_predictions_csv(path: Path) -> PredictionTable:
     """Read a ``ctphase predict`` CSV.
 
@@ -600,6 +618,75 @@ def fraction_curve(
     )
 
 
+# --- breakdown by a label column --------------------------------------------------------------------------------
+
+DEFAULT_BREAKDOWN_COLUMN = "subphase"
+"""labels.csv column broken down by default when present (phantom labels carry the contrast sub-phase)."""
+
+
+@dataclass(frozen=True)
+class Breakdown:
+    """Series-level predictions per value of a labels.csv column.
+
+    Attributes:
+        column: the labels.csv column.
+        groups: its values, sorted.
+        true_phase: per group, the true phase of its series ("mixed" when they differ).
+        counts: int64 [g, 5], series per predicted phase (last column: no prediction).
+        correct: int64 [g], series predicted as labelled.
+    """
+
+    column: str
+    groups: tuple[str, ...]
+    true_phase: tuple[str, ...]
+    counts: NDArray[Any]
+    correct: NDArray[Any]
+
+
+def breakdown(
+    labels: dict[str, int], groups: dict[str, str], predictions: PredictionTable, *, column: str
+) -> Breakdown:
+    """Count each group's series by predicted phase (labelled series only; missing predictions in the last column)."""
+    position = predictions.index()
+    names = tuple(sorted({groups.get(uid, "(none)") for uid in labels}))
+    counts = np.zeros((len(names), N_PHASES + 1), dtype=np.int64)
+    correct = np.zeros(len(names), dtype=np.int64)
+    phases: dict[str, set[int]] = {name: set() for name in names}
+    for uid, true in labels.items():
+        g = names.index(groups.get(uid, "(none)"))
+        row = position.get(uid)
+        predicted = -1 if row is None else int(predictions.label[row])
+        counts[g, MISSING if predicted < 0 else predicted] += 1
+        correct[g] += int(predicted == true)
+        phases[names[g]].add(true)
+    true_phase = tuple(PHASES[next(iter(p))] if len(p) == 1 else "mixed" for p in phases.values())
+    return Breakdown(column=column, groups=names, true_phase=true_phase, counts=counts, correct=correct)
+
+
+def format_breakdown(result: Breakdown) -> str:
+    """The breakdown as text: one row per group with its true phase, counts per predicted phase and accuracy."""
+    width = max(len(name) for name in COLUMN_NAMES) + 2
+    first = max(14, *(len(g) + 2 for g in result.groups))
+    lines = [
+        f"series by {result.column} (rows: {result.column} and its true phase, columns predicted)",
+        "".ljust(first) + "phase".ljust(14) + "".join(n.rjust(width) for n in COLUMN_NAMES) + "correct".rjust(10),
+    ]
+    for g, name in enumerate(result.groups):
+        total = int(result.counts[g].sum())
+        cells = "".join(str(int(v)).rjust(width) for v in result.counts[g])
+        lines.append(f"{name.ljust(first)}{result.true_phase[g].ljust(14)}{cells}{f'{result.correct[g]}/{total}':>10}")
+    return "\n".join(lines)
+
+
+def _write_breakdown_csv(result: Breakdown, path: Path) -> None:
+    with path.open("w", newline="") as handle:
+        writer = csv.writer(handle)
+        writer.writerow([result.column, "true_phase", *COLUMN_NAMES, "correct", "n"])
+        for g, name in enumerate(result.groups):
+            counts = [int(v) for v in result.counts[g]]
+            writer.writerow([name, result.true_phase[g], *counts, int(result.correct[g]), sum(counts)])
+
+
 # --- report ---------------------------------------------------------------------------------------------------
 
 
@@ -613,6 +700,7 @@ class EvaluationReport:
         series: the series-level result; slice: the slice-level result (None without ``slices.csv``);
         curve: the F1-versus-R curve (None without ``slices.csv``).
         n_unlabelled: predicted series with no label (ignored).
+        by: the series-level breakdown by a labels.csv column (None when there is none).
     """
 
     text: str
@@ -622,6 +710,7 @@ class EvaluationReport:
     curve: FractionCurve | None
     n_unlabelled: int
     notes: tuple[str, ...] = field(default=())
+    by: Breakdown | None = None
 
 
 def macro_mean_auc(result: LevelResult) -> float:
@@ -851,11 +940,17 @@ def run_evaluation(
     repeats: int = 5,
     method: VotingMethod = DEFAULT_VOTING,
     fractions: Sequence[float] = DEFAULT_FRACTIONS,
+    by: str | None = None,
 ) -> EvaluationReport:
     """Evaluate predictions against labels and write the report folder.
 
     Writes ``table5_series.csv`` (+ ``table5_slice.csv``), ``confusion_*.csv/png``, ``roc_*.csv/png``,
-    ``f1_vs_r.csv/png`` (with slices), ``metrics.json`` and ``summary.md`` into ``report_dir``.
+    ``f1_vs_r.csv/png`` (with slices), ``series_by_<column>.csv`` (with a breakdown), ``metrics.json`` and
+    ``summary.md`` into ``report_dir``.
+
+    Args:
+        by: a labels.csv column to break the series-level results down by (an error if absent); None breaks
+            down by :data:`DEFAULT_BREAKDOWN_COLUMN` when the labels have it.
 
     Raises:
         EvaluationError: unreadable or inconsistent inputs.
@@ -878,6 +973,19 @@ def run_evaluation(
     series = series_level(labels, predictions, n_bootstrap=n_bootstrap, seed=seed)
     files: list[Path] = []
     sections = [format_table5(series), format_confusion(series)]
+    column = (
+        by
+        if by is not None
+        else DEFAULT_BREAKDOWN_COLUMN
+        if _has_column(labels_csv, DEFAULT_BREAKDOWN_COLUMN)
+        else None
+    )
+    by_result = None
+    if column is not None:
+        by_result = breakdown(labels, read_label_groups(labels_csv, column), predictions, column=column)
+        sections.append(format_breakdown(by_result))
+        _write_breakdown_csv(by_result, report_dir / f"series_by_{column}.csv")
+        files.append(report_dir / f"series_by_{column}.csv")
     slice_result: LevelResult | None = None
     curve: FractionCurve | None = None
     if slices_csv is not None:
@@ -916,6 +1024,15 @@ def run_evaluation(
         files += [report_dir / "f1_vs_r.csv", report_dir / "f1_vs_r.png"]
 
     metrics: dict[str, Any] = {level.level: _metrics_json(level) for level in (series, slice_result) if level}
+    if by_result is not None:
+        metrics["by"] = {
+            "column": by_result.column,
+            "columns": list(COLUMN_NAMES),
+            "groups": {
+                name: {"true_phase": by_result.true_phase[g], "counts": by_result.counts[g].tolist()}
+                for g, name in enumerate(by_result.groups)
+            },
+        }
     metrics["notes"] = list(notes)
     (report_dir / "metrics.json").write_text(json.dumps(metrics, indent=2) + "\n")
     files.append(report_dir / "metrics.json")
@@ -932,6 +1049,7 @@ def run_evaluation(
         curve=curve,
         n_unlabelled=n_unlabelled,
         notes=tuple(notes),
+        by=by_result,
     )
 
 

@@ -292,3 +292,46 @@ def test_bad_labels_file_is_a_precise_error(tmp_path):
         run_evaluation(
             predictions_csv=tmp_path / "preds.csv", labels_csv=tmp_path / "labels.csv", report_dir=tmp_path / "r"
         )
+
+
+def _prediction_row(uid, phase):
+    probabilities = {f"p_{p}": float(p == phase) for p in PHASES}
+    return {"series_instance_uid": uid, "study_instance_uid": "9", "phase": phase, "confidence": 1.0,
+            "n_slices": 10, "n_sampled": 3, "error": "", **probabilities}  # fmt: skip
+
+
+def test_breakdown_by_a_label_column_counts_predictions_per_group(tmp_path):
+    truth = [("1", "others", "delayed"), ("2", "others", "transitional"), ("3", "others", "transitional"),
+             ("4", "arterial", "late_arterial"), ("5", "venous", "portal_venous")]  # fmt: skip
+    predicted = {"1": "others", "2": "venous", "3": "others", "4": "arterial"}  # series 5: no prediction row
+    _write_csv(
+        tmp_path / "labels.csv",
+        ["series_instance_uid", "phase", "subphase", "scanner"],
+        [{"series_instance_uid": u, "phase": p, "subphase": s, "scanner": "A" if u < "3" else ""} for u, p, s in truth],
+    )
+    columns = ["series_instance_uid", "study_instance_uid", "phase", "confidence", "n_slices", "n_sampled",
+               *(f"p_{p}" for p in PHASES), "error"]  # fmt: skip
+    _write_csv(tmp_path / "preds.csv", columns, [_prediction_row(u, p) for u, p in predicted.items()])
+    paths = {"predictions_csv": tmp_path / "preds.csv", "labels_csv": tmp_path / "labels.csv", "n_bootstrap": 50}
+
+    report = run_evaluation(report_dir=tmp_path / "r", **paths)  # subphase: broken down by default
+    assert report.by is not None
+    assert report.by.column == "subphase"
+    row = report.by.groups.index("transitional")
+    assert report.by.true_phase[row] == "others"
+    assert report.by.counts[row].tolist() == [0, 0, 1, 1, 0]
+    assert report.by.correct.tolist() == [1, 1, 0, 1]  # delayed, late_arterial, portal_venous, transitional
+    assert report.by.counts[report.by.groups.index("portal_venous")].tolist() == [0, 0, 0, 0, 1]  # missing column
+    assert "1/2" in report.text
+    with (tmp_path / "r" / "series_by_subphase.csv").open() as handle:
+        assert next(csv.DictReader(handle)) == {"subphase": "delayed", "true_phase": "others", "non_contrast": "0",
+            "arterial": "0", "venous": "0", "others": "1", "missing": "0", "correct": "1", "n": "1"}  # fmt: skip
+
+    by_scanner = run_evaluation(report_dir=tmp_path / "s", by="scanner", **paths)
+    assert by_scanner.by is not None
+    assert by_scanner.by.groups == ("(empty)", "A")
+    assert by_scanner.by.true_phase == ("mixed", "others")
+    with pytest.raises(EvaluationError, match=r"missing column.*kvp"):
+        run_evaluation(report_dir=tmp_path / "t", by="kvp", **paths)
+    (tmp_path / "plain.csv").write_text("series_instance_uid,phase\n1,others\n")
+    assert run_evaluation(report_dir=tmp_path / "u", **{**paths, "labels_csv": tmp_path / "plain.csv"}).by is None
