@@ -44,14 +44,14 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
         help="create a demo model from phantoms (cpu preset) unless MODEL_DIR already holds one",
         description=(
             "If MODEL_DIR holds no model: generate phantom series (or reuse --phantoms) and train the cpu preset "
-            "on them; ~10 minutes on 2 CPU cores. Same as "
-            "`ctphase phantom P --n-per-class 40 --seed 1 --max-slices 32` then "
-            "`ctphase train P --labels P/labels.csv --out MODEL_DIR --preset cpu --seed 1`."
+            "on them; ~12 minutes on 2 CPU cores. Same as "
+            "`ctphase phantom P --n-per-class 160 --seed 1 --max-slices 8` then "
+            "`ctphase train P --labels P/labels.csv --out MODEL_DIR --preset cpu --seed 1 --slices-per-series 4`."
         ),
     )
     starter.add_argument("model_dir", type=str, metavar="MODEL_DIR")
     starter.add_argument("--phantoms", type=str, default=None, help="phantom folder (default: beside MODEL_DIR)")
-    starter.add_argument("--n-per-class", type=int, default=40)
+    starter.add_argument("--n-per-class", type=int, default=None, help="phantom series per phase (default 160)")
     starter.add_argument("--seed", type=int, default=1)
     starter.add_argument("--threads", type=int, default=None)
     starter.set_defaults(func=_run_starter)
@@ -122,12 +122,12 @@ def _score(value: float | None) -> str:
 def _run_starter(args: argparse.Namespace) -> int:
     from pathlib import Path
 
-    from backend.ml.starter import ensure_starter_model
+    from backend.ml.starter import STARTER_N_PER_CLASS, ensure_starter_model
 
     model_dir = ensure_starter_model(
         Path(args.model_dir),
         phantom_dir=Path(args.phantoms) if args.phantoms else None,
-        n_per_class=args.n_per_class,
+        n_per_class=args.n_per_class or STARTER_N_PER_CLASS,
         seed=args.seed,
         threads=args.threads,
         show_progress=True,

@@ -91,6 +91,28 @@ and 21, below ``cpu``. Cutting epochs costs accuracy (40 epochs: -0.05). Also me
 each slice with its horizontal mirror at inference (seed 31: 0.85 / 0.91, no gain) and ``torch.compile`` for
 training (84 s to compile, no faster per step on this CPU).
 
+What did move it is the training data: many patients with few slices each, at the same rendering time and the
+same training steps (rendering and training cost scale with slices, not series). One training run per row, on a
+2-core Intel Xeon (AVX-512), series macro F1 at R = 30 %, weighted vote, 160 series each of seeds 41 and 31, and
+what the remaining errors are (``ctphase evaluate`` counts them per sub-phase):
+
+===================================================== ======== ======== ==============================================
+training phantoms (slices per series per epoch)        seed 41  seed 31  series right per sub-phase (41 + 31)
+===================================================== ======== ======== ==============================================
+160 series x 32 slices (16), previous recipe           0.89     0.89     late arterial 68/80, transitional 2/12
+  same, "others" a third each of delayed, early         0.84     0.90     late arterial 79/80, delayed 34/55
+  arterial and transitional (instead of ~60/22/18 %)
+320 x 16 (8), "others" balanced                         0.82     0.87     delayed 28/55
+640 x 8 (4), the starter recipe                         0.93     0.93     late arterial 77/80, delayed 55/55,
+                                                                          early arterial 7/13, transitional 0/12
+640 x 8 (4), "others" balanced                          0.91     0.92     delayed 46/55, transitional 0/12
+===================================================== ======== ======== ==============================================
+
+Balancing the sub-phases of "others" fixes late arterial at the cost of delayed and never teaches transitional
+(0 of 12 even from ~50 transitional training series): what is left is the narrow transitional band between late
+arterial and portal venous, and early arterial, which the slice network does not resolve. The phases themselves are
+separable: a linear discriminant on the organs' mean HU labels every sub-phase (``tests/phantom/test_physiology``).
+
 An epoch at 96 pixels costs ~0.8x one at 128 (6.9 vs 8.2 s here), so 60 epochs take ~1.7x the time of the previous
 30. Inference runs ~2,200 slices/s at 96 pixels (2 threads, channels_last; ~1,750 at 128), so a 300-slice series' 90
 sampled slices cost ~40 ms of network time and the series' cost is dominated by decoding the sampled slices.

@@ -2,12 +2,14 @@
 
 Equivalent CLI sequence (what :func:`ensure_starter_model` does)::
 
-    ctphase phantom PHANTOMS --n-per-class 40 --seed 1 --max-slices 32
-    ctphase train PHANTOMS --labels PHANTOMS/labels.csv --out MODEL --preset cpu --seed 1
+    ctphase phantom PHANTOMS --n-per-class 160 --seed 1 --max-slices 8
+    ctphase train PHANTOMS --labels PHANTOMS/labels.csv --out MODEL --preset cpu --seed 1 --slices-per-series 4
 
-or in one step: ``ctphase starter-model MODEL``. The phantoms are capped at 32 slices per series because training
-caches 32 slices of each series anyway (``cache_slices_per_series``): the longer default series would cost twice the
-rendering time for the same training data.
+or in one step: ``ctphase starter-model MODEL``. Many patients with few slices each: rendering and training cost
+scale with the number of slices, not of series, and the network learns contrast physiology from the number of
+distinct patients and bolus draws. Measured on 160 fresh series each of seeds 41 and 31 (series macro F1, R = 30 %,
+weighted vote): 640 series x 8 slices, 4 per series per epoch, 0.93 / 0.93; the previous 160 series x 32 slices, 16
+per epoch, at the same rendering time and training steps, 0.89 / 0.89.
 """
 
 from __future__ import annotations
@@ -23,10 +25,12 @@ from backend.ml.train import TrainConfig, load_labeled_series, train_model
 
 log = logging.getLogger(__name__)
 
-STARTER_N_PER_CLASS: Final[int] = 40
+STARTER_N_PER_CLASS: Final[int] = 160
 STARTER_SEED: Final[int] = 1
-STARTER_MAX_SLICES: Final[int] = 32
-"""Slices per starter phantom series: the ``cpu`` preset caches 32 slices per series for training."""
+STARTER_MAX_SLICES: Final[int] = 8
+"""Slices per starter phantom series (spread over the coverage)."""
+STARTER_SLICES_PER_SERIES: Final[int] = 4
+"""Slices of each series per training epoch: 640 series x 4 gives the ``cpu`` preset's usual steps per epoch."""
 LABELS_FILE: Final[str] = "labels.csv"
 
 
@@ -93,7 +97,14 @@ def ensure_starter_model(
         phantom_dir or model_dir.parent / ".starter-phantoms", n_per_class=n_per_class, seed=seed
     )
     examples = load_labeled_series(phantoms, phantoms / LABELS_FILE)
-    config = TrainConfig(preset="cpu", seed=seed, device="cpu", threads=threads, show_progress=show_progress)
+    config = TrainConfig(
+        preset="cpu",
+        seed=seed,
+        slices_per_series=STARTER_SLICES_PER_SERIES,
+        device="cpu",
+        threads=threads,
+        show_progress=show_progress,
+    )
     result = train_model(examples, out_dir=model_dir, config=config)
     log.info("starter model %s: validation series macro F1 %s", model_dir, result.metrics.get("val_series_macro_f1"))
     return model_dir
