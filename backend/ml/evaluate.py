@@ -973,13 +973,9 @@ def run_evaluation(
     series = series_level(labels, predictions, n_bootstrap=n_bootstrap, seed=seed)
     files: list[Path] = []
     sections = [format_table5(series), format_confusion(series)]
-    column = (
-        by
-        if by is not None
-        else DEFAULT_BREAKDOWN_COLUMN
-        if _has_column(labels_csv, DEFAULT_BREAKDOWN_COLUMN)
-        else None
-    )
+    column = by
+    if column is None and _has_column(labels_csv, DEFAULT_BREAKDOWN_COLUMN):
+        column = DEFAULT_BREAKDOWN_COLUMN
     by_result = None
     if column is not None:
         by_result = breakdown(labels, read_label_groups(labels_csv, column), predictions, column=column)

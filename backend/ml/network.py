@@ -108,10 +108,11 @@ training phantoms (slices per series per epoch)        seed 41  seed 31  series 
 640 x 8 (4), "others" balanced                          0.91     0.92     delayed 46/55, transitional 0/12
 ===================================================== ======== ======== ==============================================
 
-Balancing the sub-phases of "others" fixes late arterial at the cost of delayed and never teaches transitional
-(0 of 12 even from ~50 transitional training series): what is left is the narrow transitional band between late
-arterial and portal venous, and early arterial, which the slice network does not resolve. The phases themselves are
-separable: a linear discriminant on the organs' mean HU labels every sub-phase (``tests/phantom/test_physiology``).
+Balancing the sub-phases of "others" (a generator change measured here and not kept) fixes late arterial at the cost
+of delayed and never teaches transitional (0 of 12 even from ~50 transitional training series): what is left is the
+narrow transitional band between late arterial and portal venous, and early arterial, which the slice network does
+not resolve. The phases themselves are separable: a linear discriminant on the organs' mean HU labels every
+sub-phase (``tests/phantom/test_physiology``).
 
 An epoch at 96 pixels costs ~0.8x one at 128 (6.9 vs 8.2 s here), so 60 epochs take ~1.7x the time of the previous
 30. Inference runs ~2,200 slices/s at 96 pixels (2 threads, channels_last; ~1,750 at 128), so a 300-slice series' 90
