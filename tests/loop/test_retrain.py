@@ -20,6 +20,7 @@ from backend.jobs import list_jobs
 from backend.main import create_app
 from backend.registry import champion_of
 from backend.tables import ModelVersion
+from tests.fixtures.celery_worker import CONFIDENT_EPOCHS
 from tests.loop.conftest import (
     CHOICES,
     constant_model,
@@ -44,7 +45,7 @@ def _settings(phantom_dataset, preset, n_labels, **extra):
     return {
         "dicom_roots": [phantom_dataset],
         "train_preset": preset,
-        "train_epochs": 3,
+        "train_epochs": CONFIDENT_EPOCHS,
         "train_warm_start": False,
         "retrain_after_n_labels": n_labels,
         "holdout_fraction": HOLDOUT,
@@ -66,7 +67,7 @@ def test_better_candidate_is_promoted_rescored_and_served(
     assert job.status == "succeeded", job.error
     assert job.decision.startswith("promoted"), job.decision
     assert (job.trigger, job.n_labels, job.attempts) == ("n_labels", len(tasks), 1)
-    assert job.progress["epoch"] == job.progress["n_epochs"] == 3
+    assert job.progress["epoch"] == job.progress["n_epochs"] == CONFIDENT_EPOCHS
     assert (job.progress["candidate_f1"], job.progress["champion_f1"]) == (1.0, 0.0)
     with loop.sessions() as session:
         champion = champion_of(session, project="11")

@@ -25,6 +25,7 @@ from backend.jobs import cancel_job, fail_stale_jobs, get_job, list_jobs, reques
 from backend.main import create_app
 from backend.registry import champion_of
 from backend.tables import ModelVersion
+from tests.fixtures.celery_worker import CONFIDENT_EPOCHS
 from tests.loop.conftest import CHOICES, constant_model, install_champion, phantom_tasks
 from tests.loop.fake_label_studio import API_KEY
 
@@ -123,7 +124,15 @@ def test_double_trigger_trains_once_promotes_rescores_and_serves(
     database, broker_url, fake_ls, phantom_dataset, tmp_path, make_loop, celery_worker, tiny_training
 ):
     loop, tasks, old_champion = _setup(
-        database, broker_url, fake_ls, phantom_dataset, tmp_path, make_loop, project=21, epochs=3, preset=tiny_training
+        database,
+        broker_url,
+        fake_ls,
+        phantom_dataset,
+        tmp_path,
+        make_loop,
+        project=21,
+        epochs=CONFIDENT_EPOCHS,
+        preset=tiny_training,
     )
     unlabeled = [fake_ls.add_task(21, 21_900 + i, dict(t["data"])) for i, t in enumerate(tasks[:2])]
     worker = celery_worker(_worker_env(loop.settings))
