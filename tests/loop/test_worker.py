@@ -81,7 +81,9 @@ def _wait(condition, what, worker):
     return value
 
 
-def _setup(database, broker_url, fake_ls, phantom_dataset, tmp_path, make_loop, *, project, epochs, preset):
+def _setup(
+    database, broker_url, fake_ls, phantom_dataset, tmp_path, make_loop, *, project, preset, epochs=CONFIDENT_EPOCHS
+):
     loop = make_loop(
         database,
         queue="celery",
@@ -124,15 +126,7 @@ def test_double_trigger_trains_once_promotes_rescores_and_serves(
     database, broker_url, fake_ls, phantom_dataset, tmp_path, make_loop, celery_worker, tiny_training
 ):
     loop, tasks, old_champion = _setup(
-        database,
-        broker_url,
-        fake_ls,
-        phantom_dataset,
-        tmp_path,
-        make_loop,
-        project=21,
-        epochs=CONFIDENT_EPOCHS,
-        preset=tiny_training,
+        database, broker_url, fake_ls, phantom_dataset, tmp_path, make_loop, project=21, preset=tiny_training
     )
     unlabeled = [fake_ls.add_task(21, 21_900 + i, dict(t["data"])) for i, t in enumerate(tasks[:2])]
     worker = celery_worker(_worker_env(loop.settings))
