@@ -8,11 +8,16 @@ import numpy as np
 import pytest
 import torch
 
-from backend.ml.dataset import spread_indices
+from backend.ml.dataset import CachedSeries, spread_indices
+from backend.ml.network import Preset, create_network
 from backend.ml.phases import PHASES
 from backend.ml.train import (
+    VALIDATION_BATCH,
     ClassWeightedBCE,
     LabeledSeries,
+    TrainConfig,
+    _resolve,
+    _slice_probabilities,
     augment_batch,
     pos_weight_from_counts,
     split_by_study,
@@ -107,3 +112,32 @@ def test_augmentation_stays_in_range_and_is_seeded() -> None:
     assert float(first.max()) <= 1.0
     torch.testing.assert_close(first, second)
     assert not torch.equal(first, images)
+
+
+def test_validation_batches_across_series_and_splits_back_per_series(tiny_preset: Preset) -> None:
+    """Series of 1 to VALIDATION_BATCH + 3 cached slices share forward passes; each gets back its own slices."""
+    rng = np.random.default_rng(3)
+    sizes = [1, 5, VALIDATION_BATCH + 3, 2, 7]
+    series = [
+        CachedSeries(
+            series_instance_uid=f"s{i}",
+            study_instance_uid=f"t{i}",
+            label=i % len(PHASES),
+            slice_indices=np.arange(k, dtype=np.int64),
+            images=rng.integers(0, 256, (k, 1, 32, 32), dtype=np.uint8),
+        )
+        for i, k in enumerate(sizes)
+    ]
+    torch.manual_seed(0)
+    network = create_network(tiny_preset).eval()
+    loss_fn = ClassWeightedBCE(torch.tensor([1.0, 2.0, 3.0, 4.0]))
+    probs, loss = _slice_probabilities(
+        network, series, plan=_resolve(TrainConfig(preset=tiny_preset, device="cpu")), loss_fn=loss_fn
+    )
+    with torch.inference_mode():
+        logits = [network(torch.from_numpy(s.images).float() / 255.0) for s in series]
+    assert [p.shape for p in probs] == [(k, len(PHASES)) for k in sizes]
+    for got, expected in zip(probs, logits, strict=True):
+        np.testing.assert_allclose(got, torch.sigmoid(expected).numpy(), atol=1e-5)
+    labels = torch.cat([torch.full((k,), s.label) for k, s in zip(sizes, series, strict=True)])
+    assert loss == pytest.approx(float(loss_fn(torch.cat(logits), labels)), rel=1e-5)
