@@ -863,7 +863,10 @@ def _plot_roc(result: LevelResult, path: Path) -> None:
     axes.set_xlabel("false positive rate")
     axes.set_ylabel("true positive rate")
     axes.set_title(f"One-vs-rest ROC, {result.level} level")
-    axes.legend(loc="lower right")
+    if np.isfinite(result.auc).any():
+        axes.legend(loc="lower right")
+    else:
+        axes.text(0.5, 0.3, "no phase has both positive and negative series", ha="center", fontsize=9)
     figure.tight_layout()
     figure.savefig(path)
 
