@@ -462,7 +462,7 @@ def _slice_probabilities(
             images, labels = _gather(series, pairs[start : start + VALIDATION_BATCH])
             logits = network(_to_device(images, plan.device)).float()
             total_loss += float(loss_fn(logits, labels.to(plan.device))) * len(labels)
-            chunks.append(torch.sigmoid(logits).cpu().numpy().astype(np.float32))
+            chunks.append(torch.sigmoid(logits).cpu().numpy())  # float32: the logits are cast above
     if not chunks:
         return [np.zeros((0, N_PHASES), dtype=np.float32) for _ in series], 0.0
     bounds = np.cumsum([item.n_cached for item in series])[:-1]
