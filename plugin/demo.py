@@ -424,16 +424,25 @@ def _run_demo(args: argparse.Namespace) -> int:
         print(f"error: {type(error).__name__}: {error}", file=sys.stderr)
         return 1
     finally:
-        # An impatient second Ctrl-C must not leave a server behind: shutdown ignores SIGINT.
-        previous = signal.signal(signal.SIGINT, signal.SIG_IGN)
-        try:
-            if backend is not None:
-                backend.stop()
-            if label_studio is not None:
-                label_studio[0].stop()
-        finally:
-            signal.signal(signal.SIGINT, previous)
+        stop_servers(backend, label_studio[0] if label_studio is not None else None)
     return 0
+
+
+def stop_servers(backend: BackendProcess | None, label_studio: LocalLabelStudio | None) -> None:
+    """Stop the demo's servers, ignoring SIGINT and SIGTERM meanwhile.
+
+    An impatient second Ctrl-C, or a second SIGTERM (``timeout`` and ``kill`` both signalling), must not interrupt
+    the shutdown half way and leave a server running (seen: the backend outlived a demo stopped that way).
+    """
+    previous = {sig: signal.signal(sig, signal.SIG_IGN) for sig in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        if backend is not None:
+            backend.stop()
+        if label_studio is not None:
+            label_studio.stop()
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
 
 
 def _label_studio_ready(server: LocalLabelStudio) -> bool:
