@@ -24,7 +24,7 @@ from typing import Annotated, Any, Final, Literal
 from pydantic import Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
-from backend.ml.voting import DEFAULT_VOTING, VotingMethod
+from backend.ml.voting import DEFAULT_VOTING, VotingChoice
 
 DEFAULT_SECRET: Final[str] = "changethis"  # noqa: S105  (the refused development default)
 """Development default of every secret; refused when ``environment="production"``."""
@@ -86,7 +86,7 @@ class Settings(BaseSettings):
     # --- inference ----------------------------------------------------------------------------------------------
     sample_fraction: float = Field(default=0.3, gt=0.0, le=1.0)
     min_slices: int = Field(default=8, ge=1)
-    voting: VotingMethod = DEFAULT_VOTING
+    voting: VotingChoice = DEFAULT_VOTING
     device: str = "auto"
     torch_threads: int | None = Field(default=None, ge=1)
     inference_concurrency: int = Field(default=1, ge=1, description="series predicted at once per process")

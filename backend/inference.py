@@ -31,6 +31,7 @@ from backend.metrics import ServiceMetrics
 from backend.ml.phases import Phase
 from backend.ml.prior import PRIOR_VERSION, MetadataPrior, metadata_prior
 from backend.ml.priority import review_priority
+from backend.ml.voting import FALLBACK_VOTING
 from backend.registry import ModelCache, resolve_champion
 from backend.resolve import SeriesResolver, ref_digest, series_ref
 from backend.tables import ModelVersion, PredictionLog
@@ -262,10 +263,16 @@ class InferenceService:
 
         if not ready:
             return []
+        method = self._settings.voting
+        if method == "head" and model.manifest.series_head is None:
+            logger.warning(
+                "CTPHASE_VOTING=head but model %s has no series head; voting %s",
+                model.manifest.weights_sha256[:12],
+                FALLBACK_VOTING,
+            )
+            method = FALLBACK_VOTING
         options = PredictOptions(
-            sample_fraction=self._settings.sample_fraction,
-            min_slices=self._settings.min_slices,
-            method=self._settings.voting,
+            sample_fraction=self._settings.sample_fraction, min_slices=self._settings.min_slices, method=method
         )
         return list(predict_many(model, [item.series for item in ready], options=options))
 
@@ -286,6 +293,7 @@ class InferenceService:
         components: dict[str, Any] = {
             **priority.as_components(),
             "confidence": round(vote.confidence, 6),
+            "voting": vote.method,
             "prior_confidence": item.prior.confidence,
             "prior_evidence": list(item.prior.evidence),
         }

@@ -17,7 +17,10 @@
    ``Settings.train_warm_start`` and the architectures match; progress (epoch, loss, validation macro F1) goes to
    the job row. The artifact is written atomically into the job's scratch folder.
 6. **Gate**: candidate and champion predict the *same* held-out series through the serving path (sampled slices +
-   vote) and are compared on series-level macro F1. The candidate is promoted when it beats the champion by more
+   vote) and are compared on series-level macro F1. A series head is fitted on exactly these held-out series (they
+   are the candidate's validation split, and a champion's split shares studies with them), so comparing through the
+   heads would favour whichever model fitted them: with ``auto`` or ``head`` voting the gate votes ``weighted``
+   for both and compares the networks. The candidate is promoted when it beats the champion by more
    than nothing and at least ``Settings.promotion_margin`` (with no champion at all it is promoted); with
    ``auto_promote=False`` it waits for an admin.
 7. **Register + decide + finish** in one transaction that first locks the job row and requires it to still be
@@ -47,6 +50,7 @@ from backend.db import utcnow
 from backend.errors import CtphaseError
 from backend.jobs import JOB_DIR_NAME, get_job, job_work_dir, remove_work_dir, safe_enqueue, usable_label_filter
 from backend.ml.phases import phase_index
+from backend.ml.voting import FALLBACK_VOTING, VOTING_METHODS, VotingChoice, VotingMethod
 from backend.registry import artifact_path, promote, register_version, resolve_champion
 from backend.tables import Annotation, ModelVersion, TrainingJob
 
@@ -409,6 +413,13 @@ def holdout_split(
 # --- evaluation gate --------------------------------------------------------------------------------------------
 
 
+def gate_voting(choice: VotingChoice) -> VotingMethod:
+    """The vote of the gate: the configured rule, except that heads (``auto``, ``head``) become ``weighted``."""
+    if choice in ("auto", "head"):
+        return FALLBACK_VOTING
+    return next(method for method in VOTING_METHODS if method == choice)
+
+
 def holdout_macro_f1(model_dir: Path, holdout: Sequence[LabeledSeries], *, settings: Settings) -> float:
     """Series-level macro F1 of a model on held-out series, through the serving path (sample + vote).
 
@@ -425,7 +436,7 @@ def holdout_macro_f1(model_dir: Path, holdout: Sequence[LabeledSeries], *, setti
 
     model = load_model(model_dir, device=settings.device)
     options = PredictOptions(
-        sample_fraction=settings.sample_fraction, min_slices=settings.min_slices, method=settings.voting
+        sample_fraction=settings.sample_fraction, min_slices=settings.min_slices, method=gate_voting(settings.voting)
     )
     outcomes = list(predict_many(model, [e.series for e in holdout], options=options))
     truth = np.array([phase_index(e.phase) for e in holdout], dtype=np.int64)

@@ -23,7 +23,7 @@ def _positive_int(text: str) -> int:
 
 def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     """Add the ``predict`` and ``evaluate`` subcommands."""
-    from backend.ml.voting import DEFAULT_VOTING, VOTING_METHODS
+    from backend.ml.voting import DEFAULT_VOTING, VOTING_CHOICES
 
     predict = subparsers.add_parser(
         "predict",
@@ -41,10 +41,11 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     predict.add_argument("--min-slices", type=_positive_int, default=None, help="minimum slices per vote (default 8)")
     predict.add_argument(
         "--voting",
-        choices=VOTING_METHODS,
+        choices=VOTING_CHOICES,
         default=DEFAULT_VOTING,
-        help="series vote: majority (the paper's), mean (of the probabilities) or weighted (majority, each slice's "
-        f"vote weighted by its certainty; default {DEFAULT_VOTING})",
+        help="series vote: head (the model's series head on the mean slice logits), weighted (majority, each "
+        "slice's vote weighted by its certainty), majority (the paper's) or mean (of the probabilities); "
+        f"auto: head where the model has one, else weighted (default {DEFAULT_VOTING})",
     )
     predict.add_argument(
         "--slices-out",
@@ -77,9 +78,16 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     evaluate.add_argument("--repeats", type=_positive_int, default=5, help="random samples per R for the F1-vs-R curve")
     evaluate.add_argument(
         "--voting",
-        choices=VOTING_METHODS,
+        choices=VOTING_CHOICES,
         default=DEFAULT_VOTING,
-        help=f"vote for the R curve (default {DEFAULT_VOTING})",
+        help="vote for the R curve; auto: the rule recorded in the predictions' voting column (default "
+        f"{DEFAULT_VOTING})",
+    )
+    evaluate.add_argument(
+        "--model",
+        default=None,
+        help="the model folder that wrote the predictions: the F1-versus-R curve re-votes with its series head "
+        "(needed when the predictions were voted by the head)",
     )
     evaluate.add_argument(
         "--by",
@@ -108,12 +116,19 @@ def _run_predict(args: argparse.Namespace) -> int:
         slice_rows,
     )
     from backend.ml.sampling import DEFAULT_FRACTION, DEFAULT_MIN_SLICES
+    from backend.ml.voting import resolve_voting
 
     root = Path(args.path)
     if not root.exists():
         print(f"ctphase predict: {root}: no such file or folder", file=sys.stderr)
         return 2
     model = load_model(Path(args.model), device=args.device, threads=args.threads)
+    try:
+        rule = resolve_voting(args.voting, model.manifest.series_head)
+    except ValueError as exc:
+        print(f"ctphase predict: {args.model}: {exc}", file=sys.stderr)
+        return 2
+    print(f"voting: {rule}", file=sys.stderr)
     found = scan(root)
     for skipped in found.skipped[:10]:
         print(f"skipped {skipped.path}: {skipped.reason}", file=sys.stderr)
@@ -159,7 +174,13 @@ def _run_evaluate(args: argparse.Namespace) -> int:
     from pathlib import Path
 
     from backend.ml.evaluate import EvaluationError, run_evaluation
+    from backend.ml.network import ModelArtifactError, read_manifest
 
+    try:
+        head = read_manifest(Path(args.model)).series_head if args.model else None
+    except ModelArtifactError as exc:
+        print(f"ctphase evaluate: {exc}", file=sys.stderr)
+        return 2
     try:
         report = run_evaluation(
             predictions_csv=Path(args.predictions),
@@ -170,6 +191,7 @@ def _run_evaluate(args: argparse.Namespace) -> int:
             seed=args.seed,
             repeats=args.repeats,
             method=args.voting,
+            head=head,
             by=args.by,
         )
     except EvaluationError as exc:

@@ -37,6 +37,11 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     parser.add_argument("--threads", type=int, default=None, help="torch CPU threads (default on CPU: the idle cores)")
     parser.add_argument("--cache-dir", type=str, default=None, help="decoded slice cache (default: beside --out)")
     parser.add_argument("--init-from", type=str, default=None, help="warm start from this model folder")
+    parser.add_argument(
+        "--no-series-head",
+        action="store_true",
+        help="do not fit a series head on the validation series (voting then falls back to weighted)",
+    )
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
     parser.set_defaults(func=_run)
     starter = subparsers.add_parser(
@@ -84,6 +89,7 @@ def _run(args: argparse.Namespace) -> int:
         device=args.device,
         threads=args.threads,
         cache_dir=Path(args.cache_dir) if args.cache_dir else None,
+        series_head=not args.no_series_head,
         show_progress=not args.no_progress,
     )
     try:
@@ -112,6 +118,9 @@ def _print_summary(model_dir: object, metrics: dict[str, Any]) -> None:
     for phase, series_f1 in metrics["val_series_f1"].items():
         print(f"{phase:14s} {_score(metrics['val_slice_f1'].get(phase)):>9s} {_score(series_f1):>10s}")
     print(f"{'macro':14s} {_score(metrics['val_slice_macro_f1']):>9s} {_score(metrics['val_series_macro_f1']):>10s}")
+    head = metrics.get("series_head") or {}
+    if head:
+        print(f"series head {'adopted' if head.get('adopted') else 'not adopted'}: {head.get('reason')}")
 
 
 def _score(value: float | None) -> str:

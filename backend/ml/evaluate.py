@@ -31,7 +31,8 @@ Conventions (documented here once, used everywhere below):
   for ``repeats`` independent samples per series (repeat 0 is the sample used at inference), and the macro F1 is
   averaged over repeats. Because samples are nested (one permutation per series and repeat, then a prefix), every R
   of a series/repeat is computed from one cumulative sum. If ``slices.csv`` holds only the voted slices, R is
-  relative to the stored slices (the report says so).
+  relative to the stored slices (the report says so). The curve votes by the rule that decided ``preds.csv`` (its
+  ``voting`` column) unless told otherwise; re-voting with a model's series head needs that head (``--model``).
 """
 
 from __future__ import annotations
@@ -50,7 +51,16 @@ from numpy.typing import NDArray
 
 from backend.ml.phases import N_PHASES, PHASES, phase_index
 from backend.ml.sampling import sample_size, series_rng
-from backend.ml.voting import DEFAULT_VOTING, VotingMethod, certainty_weights
+from backend.ml.series_head import PROBABILITY_CLIP, SeriesHead
+from backend.ml.voting import (
+    DEFAULT_VOTING,
+    FALLBACK_VOTING,
+    VOTING_CHOICES,
+    VOTING_METHODS,
+    VotingChoice,
+    VotingMethod,
+    certainty_weights,
+)
 
 MISSING = N_PHASES
 """Column index of the ``missing`` pseudo-class in confusion matrices (predicted label -1 maps here)."""
@@ -257,6 +267,7 @@ class PredictionTable:
         scores: float64 [m, 4], the ``p_*`` columns (NaN when empty).
         n_slices: int64 [m].
         errors: uid -> error message for rows with an error.
+        voting: the rules named in the ``voting`` column (empty for files written before it existed).
     """
 
     uids: tuple[str, ...]
@@ -264,6 +275,7 @@ class PredictionTable:
     scores: NDArray[Any]
     n_slices: NDArray[Any]
     errors: dict[str, str]
+    voting: frozenset[str] = frozenset()
 
     def index(self) -> dict[str, int]:
         """uid -> row position."""
@@ -348,8 +360,10 @@ def read_predictions_csv(path: Path) -> PredictionTable:
     labels, scores, n_slices = [], [], []
     errors: dict[str, str] = {}
     seen: set[str] = set()
+    voting: set[str] = set()
     for line, row in enumerate(rows, start=2):
         uid = row["series_instance_uid"].strip()
+        voting.add((row.get("voting") or "").strip())
         if uid in seen:
             raise EvaluationError(f"{path}:{line}: duplicate series_instance_uid {uid}")
         seen.add(uid)
@@ -369,6 +383,7 @@ def read_predictions_csv(path: Path) -> PredictionTable:
         scores=np.asarray(scores, dtype=np.float64).reshape(-1, N_PHASES),
         n_slices=np.asarray(n_slices, dtype=np.int64),
         errors=errors,
+        voting=frozenset(voting - {""}),
     )
 
 
@@ -539,7 +554,12 @@ class FractionCurve:
 
 
 def _prefix_labels(
-    probs: NDArray[Any], sizes: NDArray[Any], *, order: NDArray[Any], method: VotingMethod
+    probs: NDArray[Any],
+    sizes: NDArray[Any],
+    *,
+    order: NDArray[Any],
+    method: VotingMethod,
+    head: SeriesHead | None = None,
 ) -> NDArray[Any]:
     """Vote of every prefix ``order[:size]`` at once (same rule as backend.ml.voting.vote).
 
@@ -547,12 +567,17 @@ def _prefix_labels(
         probs: float64 [k, 4] slice probabilities of one series.
         sizes: int64 [r] prefix lengths, each in [1, k].
         order: int [k] permutation of the slices (the nested sample order).
-        method: voting method.
+        method: voting method (``head`` needs ``head``).
+        head: the model's series head.
 
     Returns:
         int64 [r] winning class per prefix.
     """
     permuted = probs[order]
+    if method == "head" and head is not None:
+        clipped = np.clip(permuted, PROBABILITY_CLIP, 1.0 - PROBABILITY_CLIP)
+        logit_sums = np.cumsum(np.log(clipped / (1.0 - clipped)), axis=0)[sizes - 1]  # [r, 4]
+        return np.asarray(np.argmax(head.probabilities(logit_sums / sizes[:, None]), axis=1), dtype=np.int64)
     mean_sums = np.cumsum(permuted, axis=0)[sizes - 1]  # [r, 4], proportional to the means of each prefix
     if method == "mean":
         return np.asarray(np.argmax(mean_sums, axis=1), dtype=np.int64)
@@ -572,15 +597,18 @@ def fraction_curve(
     fractions: Sequence[float] = DEFAULT_FRACTIONS,
     repeats: int = 5,
     min_slices: int = 1,
-    method: VotingMethod = DEFAULT_VOTING,
+    method: VotingMethod = FALLBACK_VOTING,
+    head: SeriesHead | None = None,
 ) -> FractionCurve:
     """Macro F1 versus R, re-deriving each series' vote from sub-samples of its stored slice probabilities.
 
     Every labelled series counts; one without stored slices is a missing (wrong) prediction at every R.
 
     Raises:
-        ValueError: empty fractions, a fraction outside (0, 1], or repeats < 1.
+        ValueError: empty fractions, a fraction outside (0, 1], repeats < 1, or ``head`` without a head.
     """
+    if method == "head" and head is None:
+        raise ValueError("the F1-versus-R curve cannot re-vote with a series head it was not given")
     grid = np.asarray(fractions, dtype=np.float64)
     if grid.size == 0 or grid.min() <= 0.0 or grid.max() > 1.0:
         raise ValueError(f"fractions must be non-empty and in (0, 1], got {list(fractions)[:5]}...")
@@ -601,7 +629,7 @@ def fraction_curve(
         slices_used[:, j] = sizes
         for repeat in range(repeats):
             order = series_rng(uid, repeat=repeat).permutation(k)
-            pred[repeat, :, j] = _prefix_labels(probs, sizes, order=order, method=method)
+            pred[repeat, :, j] = _prefix_labels(probs, sizes, order=order, method=method, head=head)
     index = (true * (N_PHASES + 1))[None, None, :] + np.where(pred < 0, MISSING, pred)
     offsets = np.arange(repeats * grid.size)[:, None] * (N_PHASES * (N_PHASES + 1))
     counts = np.bincount(
@@ -941,7 +969,8 @@ def run_evaluation(
     n_bootstrap: int = 5000,
     seed: int = 0,
     repeats: int = 5,
-    method: VotingMethod = DEFAULT_VOTING,
+    method: VotingChoice = DEFAULT_VOTING,
+    head: SeriesHead | None = None,
     fractions: Sequence[float] = DEFAULT_FRACTIONS,
     by: str | None = None,
 ) -> EvaluationReport:
@@ -952,6 +981,9 @@ def run_evaluation(
     ``summary.md`` into ``report_dir``.
 
     Args:
+        method: the vote of the F1-versus-R curve; ``auto``: the rule ``preds.csv`` records (see
+            :func:`curve_voting`).
+        head: the series head of the model that wrote the predictions (``manifest.series_head``), for ``head``.
         by: a labels.csv column to break the series-level results down by (an error if absent); None breaks
             down by :data:`DEFAULT_BREAKDOWN_COLUMN` when the labels have it.
 
@@ -991,7 +1023,8 @@ def run_evaluation(
         slices = read_slices_csv(slices_csv)
         slice_result = slice_level(labels, slices, predictions, n_bootstrap=n_bootstrap, seed=seed)
         sections += [format_table5(slice_result), format_confusion(slice_result)]
-        curve = fraction_curve(labels, slices, fractions=fractions, repeats=repeats, method=method)
+        rule = curve_voting(method, recorded=predictions.voting, head=head)
+        curve = fraction_curve(labels, slices, fractions=fractions, repeats=repeats, method=rule, head=head)
         if curve.partial_series:
             notes.append(
                 f"{curve.partial_series} series have fewer stored slices than n_slices: R is relative to the "
@@ -999,7 +1032,7 @@ def run_evaluation(
             )
         sections.append(
             "F1 versus R (series level, "
-            + f"{method} vote, {repeats} samples per R):\n"
+            + f"{rule} vote, {repeats} samples per R):\n"
             + "\n".join(_curve_summary(curve))
         )
 
@@ -1050,6 +1083,32 @@ def run_evaluation(
         notes=tuple(notes),
         by=by_result,
     )
+
+
+def curve_voting(choice: VotingChoice, *, recorded: frozenset[str], head: SeriesHead | None) -> VotingMethod:
+    """The rule the F1-versus-R curve re-votes with.
+
+    ``auto`` takes the rule ``preds.csv`` records when it names exactly one (so the curve at R = 30 % matches the
+    predictions), else the head when one is given, else ``weighted``.
+
+    Raises:
+        EvaluationError: an unknown choice, or the head's rule without the head.
+    """
+    if choice not in VOTING_CHOICES:
+        raise EvaluationError(f"unknown voting method {choice!r}; expected one of {', '.join(VOTING_CHOICES)}")
+    wanted: str = choice
+    if choice == "auto":
+        single = next(iter(recorded)) if len(recorded) == 1 else None
+        wanted = single if single is not None else ("head" if head is not None else FALLBACK_VOTING)
+    rule = next((method for method in VOTING_METHODS if method == wanted), None)
+    if rule is None:
+        raise EvaluationError(f"preds.csv names an unknown voting rule {wanted!r}")
+    if rule == "head" and head is None:
+        raise EvaluationError(
+            "the predictions were voted by the model's series head: pass --model MODEL_DIR (the model that wrote "
+            "them) so the F1-versus-R curve votes the same way, or choose another rule with --voting"
+        )
+    return rule
 
 
 def _metrics_json(result: LevelResult) -> dict[str, Any]:

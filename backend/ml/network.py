@@ -154,6 +154,7 @@ from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 
 from backend.ml.phases import N_PHASES, PHASES
+from backend.ml.series_head import SeriesHead
 
 log = logging.getLogger(__name__)
 
@@ -330,6 +331,7 @@ class Manifest(pydantic.BaseModel):
     created_at: datetime
     torch_version: str
     timm_version: str
+    series_head: SeriesHead | None = None
 
     @property
     def in_chans(self) -> int:
@@ -337,7 +339,9 @@ class Manifest(pydantic.BaseModel):
         return len(self.windows)
 
 
-def build_manifest(preset: Preset, *, fingerprint: str, metrics: Mapping[str, Any]) -> Manifest:
+def build_manifest(
+    preset: Preset, *, fingerprint: str, metrics: Mapping[str, Any], series_head: SeriesHead | None = None
+) -> Manifest:
     """A manifest for a network built from ``preset``; ``weights_sha256`` is filled in by :func:`save_model`."""
     return Manifest(
         format_version=FORMAT_VERSION,
@@ -353,6 +357,7 @@ def build_manifest(preset: Preset, *, fingerprint: str, metrics: Mapping[str, An
         created_at=datetime.now(UTC),
         torch_version=torch.__version__,
         timm_version=timm.__version__,
+        series_head=series_head,
     )
 
 
@@ -496,8 +501,13 @@ def resolve_device(device: str | torch.device) -> torch.device:
 
 
 def _embedded_manifest(manifest: Manifest) -> str:
-    """The manifest without its weights checksum, canonical JSON (stored in the weights file's header)."""
-    return json.dumps(manifest.model_dump(mode="json", exclude={"weights_sha256"}), sort_keys=True)
+    """The manifest without its weights checksum, canonical JSON (stored in the weights file's header).
+
+    A manifest without a series head leaves the key out, as artifacts written before the head existed did, so their
+    embedded copies still match.
+    """
+    exclude = {"weights_sha256"} | ({"series_head"} if manifest.series_head is None else set())
+    return json.dumps(manifest.model_dump(mode="json", exclude=exclude), sort_keys=True)
 
 
 def _sha256_file(path: Path) -> str:

@@ -32,11 +32,12 @@ from numpy.typing import NDArray
 
 from backend.ml.phases import N_PHASES, PHASES, Phase
 from backend.ml.sampling import DEFAULT_FRACTION, DEFAULT_MIN_SLICES, sample_indices
-from backend.ml.voting import DEFAULT_VOTING, SeriesVote, VotingMethod, vote
+from backend.ml.voting import DEFAULT_VOTING, SeriesVote, VotingChoice, resolve_voting, vote
 
 if TYPE_CHECKING:
     from backend.ml.dicom import SeriesInfo
     from backend.ml.network import LoadedModel
+    from backend.ml.series_head import SeriesHead
 
 logger = logging.getLogger(__name__)
 
@@ -127,7 +128,8 @@ class PredictOptions:
     Attributes:
         sample_fraction: R, the share of slices that vote, in (0, 1].
         min_slices: at least this many slices vote (all of them when the series is shorter).
-        method: ``"majority"`` (paper), ``"mean"`` or ``"weighted"`` (see :mod:`backend.ml.voting`).
+        method: ``"auto"`` (the model's series head where it has one, else ``"weighted"``), ``"majority"``
+            (paper), ``"mean"``, ``"weighted"`` or ``"head"`` (see :mod:`backend.ml.voting`).
         chunk_size: slices decoded, preprocessed and sent to the network together.
         classify_all: run the network on every slice (evaluation); the vote still uses only the sample.
         queue_depth: decoded chunks the producer thread may hold ahead of the network.
@@ -137,7 +139,7 @@ class PredictOptions:
 
     sample_fraction: float = DEFAULT_FRACTION
     min_slices: int = DEFAULT_MIN_SLICES
-    method: VotingMethod = DEFAULT_VOTING
+    method: VotingChoice = DEFAULT_VOTING
     chunk_size: int = DEFAULT_CHUNK_SIZE
     classify_all: bool = False
     queue_depth: int = DEFAULT_QUEUE_DEPTH
@@ -362,7 +364,9 @@ def _outcome_error(failed: _SeriesFailed) -> SeriesOutcome:
     )
 
 
-def _finish(start: _SeriesStart, probs: list[NDArray[Any]], method: VotingMethod) -> SeriesOutcome:
+def _finish(
+    start: _SeriesStart, probs: list[NDArray[Any]], *, method: VotingChoice, head: SeriesHead | None
+) -> SeriesOutcome:
     series = start.series
     slice_probs = np.concatenate(probs, axis=0) if probs else _empty_probs()
     if slice_probs.shape[0] != start.classified.shape[0]:
@@ -370,7 +374,7 @@ def _finish(start: _SeriesStart, probs: list[NDArray[Any]], method: VotingMethod
             f"series {series.series_instance_uid}: the network returned {slice_probs.shape[0]} rows for "
             f"{start.classified.shape[0]} slices"
         )
-    series_vote = vote(slice_probs[start.voted], method=method)
+    series_vote = vote(slice_probs[start.voted], method=method, head=head)
     prediction = SeriesPrediction(
         series_instance_uid=series.series_instance_uid,
         study_instance_uid=series.study_instance_uid,
@@ -411,9 +415,11 @@ def predict_many(
         with ``error`` set; the stream continues.
 
     Raises:
+        ValueError: ``options.method`` is ``head`` and the model has no series head (before any series is read).
         Exception: whatever the network raises, or an exception raised by the ``sources`` iterator itself.
     """
     options = options or PredictOptions()
+    resolve_voting(options.method, model.manifest.series_head)
     producer = _Producer(
         sources,
         options=options,
@@ -439,7 +445,7 @@ def predict_many(
             elif isinstance(message, _SeriesEnd):
                 if current is None or current.key != message.key:
                     raise RuntimeError("decode stream out of order: series end without its start")
-                yield _finish(current, probs, options.method)
+                yield _finish(current, probs, method=options.method, head=model.manifest.series_head)
                 current, probs = None, []
             else:
                 current, probs = None, []
@@ -454,7 +460,7 @@ def predict_series(
     *,
     sample_fraction: float = DEFAULT_FRACTION,
     min_slices: int = DEFAULT_MIN_SLICES,
-    method: VotingMethod = DEFAULT_VOTING,
+    method: VotingChoice = DEFAULT_VOTING,
     chunk_size: int = DEFAULT_CHUNK_SIZE,
     classify_all: bool = False,
 ) -> SeriesPrediction:
@@ -467,7 +473,7 @@ def predict_series(
         series: the discovered series (headers only; pixels are decoded here, only for the sampled slices).
         sample_fraction: R, in (0, 1].
         min_slices: at least this many slices vote.
-        method: ``"majority"`` (paper), ``"mean"`` or ``"weighted"`` (see :mod:`backend.ml.voting`).
+        method: see :class:`PredictOptions`.
         chunk_size: slices per decode/network chunk.
         classify_all: also classify the slices that do not vote (evaluation: keeps every slice's probabilities).
 
@@ -503,9 +509,11 @@ PREDICTION_CSV_COLUMNS: tuple[str, ...] = (
     "n_slices",
     "n_sampled",
     *(f"p_{phase}" for phase in PHASES),
+    "voting",
     "error",
 )
-"""Columns of ``preds.csv``. ``p_*`` are the normalised mean probabilities (whatever the voting method)."""
+"""Columns of ``preds.csv``. ``p_*`` are the normalised mean probabilities (whatever the voting method); ``voting``
+is the rule that decided the phase (``head``, ``weighted``, ``majority`` or ``mean``)."""
 
 SLICE_CSV_COLUMNS: tuple[str, ...] = (
     "series_instance_uid",
@@ -535,6 +543,7 @@ def prediction_row(outcome: SeriesOutcome) -> dict[str, str]:
     row["phase"] = prediction.phase
     row["confidence"] = _fmt(prediction.confidence)
     row["n_sampled"] = str(prediction.n_sampled)
+    row["voting"] = prediction.vote.method
     for phase, p in zip(PHASES, prediction.vote.mean_probabilities, strict=True):
         row[f"p_{phase}"] = _fmt(p)
     return row

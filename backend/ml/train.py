@@ -23,6 +23,10 @@ The recipe:
   of a few dozen series moves the series F1 by 0.1-0.2 between neighbouring epochs, so its maximum is mostly luck
   (measured on phantoms: the series-F1 peak at epoch 11 of 24 scored 0.66 on held-out series), while the slice F1
   over ~1,000 slices is steady.
+- **Series head** (:mod:`backend.ml.series_head`): with the kept weights, a logistic regression on each validation
+  series' mean slice logits is fitted on the validation series and stored in the manifest, if cross-validation on
+  those series says it decides them at least as well as the certainty-weighted vote (``metrics.series_head`` says
+  what was measured and why it was or was not adopted). ``auto`` voting then uses it.
 - **Atomic output**: the artifact is written once, at the end, by :func:`~backend.ml.network.save_model`;
   cancellation (``should_stop()``) or Ctrl-C leaves no model folder behind.
 - CPU runs are deterministic for a seed (seeded generators, ``torch.use_deterministic_algorithms``); CUDA runs use
@@ -67,7 +71,8 @@ from backend.ml.network import (
     warm_start_problem,
 )
 from backend.ml.phases import N_PHASES, PHASES, as_phase
-from backend.ml.voting import DEFAULT_VOTING, winner_index
+from backend.ml.series_head import SeriesHead, fit_series_head, fitting_problem, mean_logits
+from backend.ml.voting import FALLBACK_VOTING, winner_index
 
 __all__ = [
     "ClassWeightedBCE",
@@ -129,6 +134,7 @@ class TrainConfig:
         cache_dir: slice cache folder (``None``: ``.slice-cache`` beside the output folder).
         decode_workers: threads decoding DICOM into the cache.
         augment: apply the training augmentation.
+        series_head: fit a series head on the validation series (adopted only where it beats the vote there).
         show_progress: tqdm progress bars on stderr.
     """
 
@@ -146,6 +152,7 @@ class TrainConfig:
     cache_dir: Path | None = None
     decode_workers: int = 2
     augment: bool = True
+    series_head: bool = True
     show_progress: bool = False
 
 
@@ -431,7 +438,7 @@ class Evaluation:
     Attributes:
         loss: mean weighted BCE over slices.
         slice_macro_f1: macro F1 of per-slice arg-max predictions.
-        series_macro_f1: macro F1 of per-series votes (:data:`~backend.ml.voting.DEFAULT_VOTING`).
+        series_macro_f1: macro F1 of per-series votes (:data:`~backend.ml.voting.FALLBACK_VOTING`).
         slice_f1: per-phase slice-level F1.
         series_f1: per-phase series-level F1.
         series_accuracy: share of series voted correctly.
@@ -477,7 +484,7 @@ def evaluate_cached(
     slice_true = np.concatenate([np.full(len(p), s.label) for p, s in zip(probs, series, strict=True)])
     slice_pred = np.concatenate([p.argmax(axis=1) for p in probs])
     series_true = np.asarray([s.label for s in series])
-    series_pred = np.asarray([winner_index(p, method=DEFAULT_VOTING) for p in probs])
+    series_pred = np.asarray([winner_index(p, method=FALLBACK_VOTING) for p in probs])
     slice_scores = scores_from_confusion(confusion_matrix(slice_true, slice_pred))
     series_scores = scores_from_confusion(confusion_matrix(series_true, series_pred))
     return Evaluation(
@@ -488,6 +495,41 @@ def evaluate_cached(
         series_f1={phase: float(v) for phase, v in zip(PHASES, series_scores["f1"], strict=True)},
         series_accuracy=float(series_scores["accuracy"]),
     )
+
+
+def _macro_f1(true: NDArray[np.int64], predicted: NDArray[np.int64]) -> float:
+    return float(scores_from_confusion(confusion_matrix(true, predicted))["macro_f1"])
+
+
+def fit_head_on_validation(
+    network: nn.Module, series: Sequence[CachedSeries], *, plan: _Plan, loss_fn: ClassWeightedBCE, seed: int
+) -> tuple[SeriesHead | None, dict[str, Any]]:
+    """Fit the series head on validation series; returns it (``None`` when not adopted) and what was measured.
+
+    The head is adopted when its out-of-fold macro F1 (cross-validated on these series) is at least the macro F1 of
+    the certainty-weighted vote over all their cached slices.
+    """
+    usable = [item for item in series if item.n_cached > 0]
+    labels = np.asarray([item.label for item in usable], dtype=np.int64)
+    problem = "no validation series" if not usable else fitting_problem(labels)
+    if problem is not None:
+        return None, {"adopted": False, "reason": problem}
+    probs, _ = _slice_probabilities(network, usable, plan=plan, loss_fn=loss_fn)
+    fit = fit_series_head(np.stack([mean_logits(p) for p in probs]), labels, seed=seed)
+    head_f1 = _macro_f1(labels, np.asarray(fit.out_of_fold.argmax(axis=1), dtype=np.int64))
+    vote_f1 = _macro_f1(labels, np.asarray([winner_index(p) for p in probs], dtype=np.int64))
+    adopted = head_f1 >= vote_f1
+    verdict = ">=" if adopted else "<"
+    return (fit.head if adopted else None), {
+        "adopted": adopted,
+        "reason": f"cross-validated head macro F1 {head_f1:.3f} {verdict} {FALLBACK_VOTING} vote {vote_f1:.3f}",
+        "cv_macro_f1": head_f1,
+        "vote_macro_f1": vote_f1,
+        "c": fit.head.c,
+        "n_series": len(usable),
+        "n_folds": fit.n_folds,
+        "cv_log_loss": {f"{c:g}": loss for c, loss in fit.cv_log_loss.items()},
+    }
 
 
 # --- the training loop ------------------------------------------------------------------------------------------
@@ -870,6 +912,12 @@ def train_model(
             _fit(run)
         if run.best_state is not None:  # always set: _fit runs >= 1 epoch
             run.network.load_state_dict(run.best_state)
+        head, head_metrics = (
+            fit_head_on_validation(run.network, run.val, plan=plan, loss_fn=run.loss_fn, seed=config.seed)
+            if config.series_head
+            else (None, {"adopted": False, "reason": "not asked for (series_head=False)"})
+        )
+        log.info("series head: %s", head_metrics["reason"])
         extra = {
             "seed": config.seed,
             "preset": plan.preset.name,
@@ -883,6 +931,7 @@ def train_model(
             "val_data_fingerprint": _fingerprint(val_list),
             "device": str(plan.device),
             "torch_threads": threads,
+            "series_head": head_metrics,
         }
         metrics = _metrics(
             run,
@@ -891,7 +940,9 @@ def train_model(
             failed=failed,
             extra=extra,
         )
-        manifest = build_manifest(plan.preset, fingerprint=_fingerprint(train_examples), metrics=metrics)
+        manifest = build_manifest(
+            plan.preset, fingerprint=_fingerprint(train_examples), metrics=metrics, series_head=head
+        )
         written = save_model(out_dir, network=run.network.cpu(), manifest=manifest)
     val_studies = tuple(sorted({e.series.study_instance_uid for e in val_list}))
     return TrainResult(model_dir=out_dir, manifest=written, metrics=written.metrics, val_studies=val_studies)

@@ -13,6 +13,10 @@ The network is trained one-vs-rest (a sigmoid per class), so a slice's four prob
   little instead of diluting the vote. Ties are broken as in ``majority``; if every slice is completely uncertain
   the plain majority decides. ``confidence`` is the winning share of the weight; ``entropy`` is that of the weighted
   vote distribution.
+- ``head``: the model's series head (:mod:`backend.ml.series_head`), a logistic regression on the slices' mean
+  logits fitted on the training run's validation series; it needs the head from the model's manifest.
+  ``confidence`` is the head's probability of the winning phase; ``entropy`` is that of its four probabilities.
+- ``auto`` (the default): ``head`` where the model has one, else ``weighted``.
 
 ``entropy`` is the Shannon entropy divided by ``log(4)``, so it lies in [0, 1]: 0 when one class takes everything,
 1 for a uniform distribution. ``margin`` is top-1 minus top-2 of the same distribution (votes or means).
@@ -29,11 +33,18 @@ import numpy as np
 from numpy.typing import NDArray
 
 from backend.ml.phases import N_PHASES, PHASES, Phase
+from backend.ml.series_head import SeriesHead, mean_logits
 
-VotingMethod: TypeAlias = Literal["majority", "mean", "weighted"]
-VOTING_METHODS: tuple[VotingMethod, ...] = ("majority", "mean", "weighted")
-DEFAULT_VOTING: Final[VotingMethod] = "weighted"
-"""The vote of ``ctphase predict``, ``ctphase evaluate``, the service and training's validation (see the module)."""
+VotingMethod: TypeAlias = Literal["majority", "mean", "weighted", "head"]
+"""A rule that decides a series (``head`` needs a model with a series head)."""
+VOTING_METHODS: tuple[VotingMethod, ...] = ("majority", "mean", "weighted", "head")
+VotingChoice: TypeAlias = Literal["auto", "majority", "mean", "weighted", "head"]
+"""What a user may ask for: a rule, or ``auto``."""
+VOTING_CHOICES: tuple[VotingChoice, ...] = ("auto", "majority", "mean", "weighted", "head")
+DEFAULT_VOTING: Final[VotingChoice] = "auto"
+"""The vote of ``ctphase predict``, ``ctphase evaluate`` and the service (see the module)."""
+FALLBACK_VOTING: Final[VotingMethod] = "weighted"
+"""What ``auto`` means for a model without a series head; also training's per-epoch validation vote."""
 
 
 @dataclass(frozen=True)
@@ -49,6 +60,7 @@ class SeriesVote:
         entropy: normalised Shannon entropy in [0, 1] of the distribution the method decides on.
         margin: top-1 minus top-2 of that distribution, in [0, 1].
         n_slices_read: number of slices that voted.
+        method: the rule that decided (``auto`` resolved).
     """
 
     phase: Phase
@@ -58,6 +70,7 @@ class SeriesVote:
     entropy: float
     margin: float
     n_slices_read: int
+    method: VotingMethod = FALLBACK_VOTING
 
 
 def check_probabilities(slice_probs: NDArray[Any]) -> NDArray[Any]:
@@ -160,33 +173,57 @@ def _top_margin(distribution: NDArray[Any]) -> float:
     return float(top2[1] - top2[0])
 
 
-def vote(slice_probs: NDArray[Any], *, method: VotingMethod = DEFAULT_VOTING) -> SeriesVote:
+def resolve_voting(choice: VotingChoice, head: SeriesHead | None) -> VotingMethod:
+    """The rule a choice means for a model: ``auto`` -> ``head`` when the model has one, else ``weighted``.
+
+    Raises:
+        ValueError: an unknown choice, or ``head`` for a model without a series head.
+    """
+    if choice not in VOTING_CHOICES:
+        raise ValueError(f"unknown voting method {choice!r}; expected one of {', '.join(VOTING_CHOICES)}")
+    if choice == "auto":
+        return "head" if head is not None else FALLBACK_VOTING
+    if choice == "head" and head is None:
+        raise ValueError(
+            "voting 'head' needs a model with a series head (trained by this version with enough validation "
+            "series per phase; see the manifest's metrics.series_head); use auto, majority, mean or weighted"
+        )
+    return choice
+
+
+def vote(
+    slice_probs: NDArray[Any], *, method: VotingChoice = DEFAULT_VOTING, head: SeriesHead | None = None
+) -> SeriesVote:
     """Combine slice probabilities into a series decision.
 
     Args:
         slice_probs: float [n, 4] per-slice sigmoid probabilities in [0, 1], columns in ``PHASES`` order.
-        method: ``"majority"`` (the paper's vote over per-slice arg-max), ``"mean"`` (arg-max of mean probability)
-            or ``"weighted"`` (majority with certainty-weighted votes).
+        method: ``"majority"`` (the paper's vote over per-slice arg-max), ``"mean"`` (arg-max of mean probability),
+            ``"weighted"`` (majority with certainty-weighted votes), ``"head"`` (the model's series head) or
+            ``"auto"`` (see :func:`resolve_voting`).
+        head: the model's series head (``manifest.series_head``), if it has one.
 
     Returns:
         The :class:`SeriesVote`.
 
     Raises:
-        ValueError: invalid probabilities or unknown method.
+        ValueError: invalid probabilities, an unknown method, or ``head`` without a head.
     """
-    if method not in VOTING_METHODS:
-        raise ValueError(f"unknown voting method {method!r}; expected one of {', '.join(VOTING_METHODS)}")
+    rule = resolve_voting(method, head)
     probs = check_probabilities(slice_probs)
     n = probs.shape[0]
     fractions = np.bincount(probs.argmax(axis=1), minlength=N_PHASES) / n
     means = normalised_means(probs)
-    if method == "majority":
+    if rule == "majority":
         winner = majority_winner(probs)
         decided_on = fractions
-    elif method == "weighted":
+    elif rule == "weighted":
         totals = weighted_votes(probs)
         winner = _winner_of(totals, probs)
         decided_on = totals / totals.sum()
+    elif rule == "head" and head is not None:
+        decided_on = head.probabilities(mean_logits(probs))
+        winner = int(np.argmax(decided_on))
     else:
         winner = int(np.argmax(means))
         decided_on = means
@@ -198,16 +235,22 @@ def vote(slice_probs: NDArray[Any], *, method: VotingMethod = DEFAULT_VOTING) ->
         entropy=normalised_entropy(decided_on),
         margin=_top_margin(decided_on),
         n_slices_read=n,
+        method=rule,
     )
 
 
-def winner_index(slice_probs: NDArray[Any], *, method: VotingMethod = DEFAULT_VOTING) -> int:
-    """Only the winning class index of :func:`vote`, without validation (training's per-epoch validation).
+def winner_index(slice_probs: NDArray[Any], *, method: VotingMethod = FALLBACK_VOTING) -> int:
+    """Only the winning class index of :func:`vote` by a rule that needs no head, without validation (training).
 
     Args:
         slice_probs: float [n, 4], n >= 1, already validated.
-        method: as in :func:`vote`.
+        method: ``majority``, ``mean`` or ``weighted``.
+
+    Raises:
+        ValueError: ``head`` (it needs the head; use :func:`vote`).
     """
+    if method == "head":
+        raise ValueError("winner_index cannot vote with a series head; use vote(..., head=...)")
     if method == "majority":
         return majority_winner(slice_probs)
     if method == "weighted":

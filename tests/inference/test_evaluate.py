@@ -14,6 +14,7 @@ from backend.ml.evaluate import (
     SliceTable,
     bootstrap_scores,
     confusion_matrix,
+    curve_voting,
     fraction_curve,
     percentile_interval,
     roc_auc,
@@ -23,6 +24,7 @@ from backend.ml.evaluate import (
 )
 from backend.ml.phases import PHASES
 from backend.ml.sampling import sample_indices
+from backend.ml.series_head import fit_series_head, mean_logits
 from backend.ml.voting import vote
 
 # 10 series: true / predicted (-1 = no prediction)
@@ -177,6 +179,44 @@ def test_f1_versus_r_rises_and_matches_the_inference_vote(method):
     true = np.array(list(labels.values()))
     direct = scores_from_confusion(confusion_matrix(true, np.array(expected)))["macro_f1"]
     assert curve.macro_f1[0, 29] == pytest.approx(direct)
+
+
+def _head_for(labels, slices):
+    uids = list(labels)
+    features = np.stack([mean_logits(slices.probabilities[u]) for u in uids])
+    return fit_series_head(features, np.array([labels[u] for u in uids])).head
+
+
+def test_f1_versus_r_with_the_series_head_matches_the_inference_vote():
+    labels, slices = _synthetic_slices(accuracy=0.45)
+    head = _head_for(labels, slices)
+    curve = fraction_curve(labels, slices, repeats=3, method="head", head=head)
+    true = np.array(list(labels.values()))
+    for column, fraction in ((29, 0.3), (99, 1.0)):
+        expected = []
+        for uid in labels:
+            idx = sample_indices(60, series_uid=uid, fraction=fraction, min_slices=1)
+            decided = vote(slices.probabilities[uid][idx], method="head", head=head)
+            expected.append(PHASES.index(decided.phase))
+        direct = scores_from_confusion(confusion_matrix(true, np.array(expected)))["macro_f1"]
+        assert curve.macro_f1[0, column] == pytest.approx(direct)
+    assert curve.macro_f1.mean(axis=0)[99] > curve.macro_f1.mean(axis=0)[0] + 0.2
+    with pytest.raises(ValueError, match="series head it was not given"):
+        fraction_curve(labels, slices, method="head")
+
+
+def test_the_curve_votes_by_the_rule_the_predictions_record():
+    labels, slices = _synthetic_slices(n_series=20)
+    head = _head_for(labels, slices)
+    assert curve_voting("auto", recorded=frozenset({"majority"}), head=head) == "majority"
+    assert curve_voting("auto", recorded=frozenset({"head"}), head=head) == "head"
+    assert curve_voting("auto", recorded=frozenset(), head=None) == "weighted"  # files from before the column
+    assert curve_voting("auto", recorded=frozenset(), head=head) == "head"
+    assert curve_voting("mean", recorded=frozenset({"head"}), head=None) == "mean"
+    with pytest.raises(EvaluationError, match="pass --model MODEL_DIR"):
+        curve_voting("auto", recorded=frozenset({"head"}), head=None)
+    with pytest.raises(EvaluationError, match="unknown voting rule 'best'"):
+        curve_voting("auto", recorded=frozenset({"best"}), head=None)
 
 
 def test_f1_versus_r_counts_series_without_slices_as_wrong():

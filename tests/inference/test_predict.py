@@ -18,6 +18,7 @@ from backend.ml.network import Preset, build_manifest, create_network, load_mode
 from backend.ml.phases import PHASES
 from backend.ml.predict import PREDICTION_CSV_COLUMNS, PredictOptions, predict_many, predict_series
 from backend.ml.sampling import sample_indices
+from backend.ml.series_head import SeriesHead, mean_logits
 from backend.ml.voting import vote
 
 ROWS = 24
@@ -241,6 +242,60 @@ def test_predict_and_evaluate_cli_round_trip(tiny_model_dir, dataset, tmp_path, 
     out = capsys.readouterr().out
     assert "series level: 4 series, 1 without prediction" in out
     assert (report / "f1_vs_r.png").stat().st_size > 0
+
+
+@pytest.fixture(scope="module")
+def headed_model_dir(tmp_path_factory):
+    """The tiny network with a series head that favours "others" whenever the others logit rises."""
+    preset = Preset(name="tiny", arch="test_efficientnet", image_size=32, windows=((50.0, 400.0), (40.0, 80.0)))
+    head = SeriesHead(
+        feature_mean=[0.0] * 4,
+        feature_scale=[1.0] * 4,
+        weights=[[1.0, 0.0, 0.0, 0.0], [0.0, 1.0, 0.0, 0.0], [0.0, 0.0, 1.0, 0.0], [0.0, 0.0, 0.0, 5.0]],
+        bias=[0.0] * 4,
+        c=1.0,
+        n_series=40,
+    )
+    model_dir = tmp_path_factory.mktemp("headed") / "tiny"
+    manifest = build_manifest(preset, fingerprint="t", metrics={}, series_head=head)
+    save_model(model_dir, network=create_network(preset), manifest=manifest)
+    return model_dir
+
+
+def test_a_model_with_a_series_head_votes_with_it_everywhere(
+    headed_model_dir, tiny_model_dir, dataset, tmp_path, capsys
+):
+    root, _ = dataset
+    model = load_model(headed_model_dir, device="cpu")
+    series = read_series(root / "a")
+    prediction = predict_series(model, series, classify_all=True)
+    voted = prediction.slice_probabilities[prediction.voted]
+    assert prediction.vote.method == "head"
+    expected = model.manifest.series_head.probabilities(mean_logits(voted))
+    assert prediction.phase == PHASES[int(expected.argmax())]
+    assert prediction.confidence == pytest.approx(float(expected.max()), rel=1e-6)
+    assert predict_series(model, series, method="weighted").vote == vote(voted, method="weighted")
+
+    preds, slices = tmp_path / "preds.csv", tmp_path / "slices.csv"
+    argv = ["predict", str(root), "--model", str(headed_model_dir), "--out", str(preds), "--no-progress"]
+    assert _run_cli([*argv, "--slices-out", str(slices)]) == 0
+    with preds.open() as handle:
+        rows = [row for row in csv.DictReader(handle) if not row["error"]]
+    assert {row["voting"] for row in rows} == {"head"}
+    labels = tmp_path / "labels.csv"
+    labels.write_text("series_instance_uid,phase\n" + "".join(f"{row['series_instance_uid']},others\n" for row in rows))
+    evaluate = ["evaluate", str(preds), str(labels), "--slices", str(slices), "--bootstrap", "50", "--repeats", "1"]
+    capsys.readouterr()
+    assert _run_cli([*evaluate, "--report", str(tmp_path / "r1")]) == 2
+    assert "pass --model MODEL_DIR" in capsys.readouterr().err
+    assert _run_cli([*evaluate, "--report", str(tmp_path / "r2"), "--model", str(headed_model_dir)]) == 0
+    assert "head vote" in capsys.readouterr().out
+
+    plain = ["predict", str(root), "--model", str(tiny_model_dir), "--out", str(tmp_path / "p.csv"), "--no-progress"]
+    assert _run_cli([*plain, "--voting", "head"]) == 2
+    assert "needs a model with a series head" in capsys.readouterr().err
+    with pytest.raises(ValueError, match="needs a model with a series head"):
+        next(predict_many(load_model(tiny_model_dir), [series], options=PredictOptions(method="head")))
 
 
 def test_predict_cli_on_a_folder_without_series(tiny_model_dir, tmp_path):

@@ -140,7 +140,8 @@ def test_winner_index_is_the_vote(method):
         assert PHASES[winner_index(slices, method=method)] == vote(slices, method=method).phase
 
 
-def test_the_default_is_the_certainty_weighted_vote():
+def test_without_a_head_the_default_is_the_certainty_weighted_vote():
     slices = probs(*[[0.30, 0.30, 0.36, 0.30]] * 3, *[[0.02, 0.95, 0.03, 0.02]] * 2)
-    assert DEFAULT_VOTING == "weighted"
+    assert DEFAULT_VOTING == "auto"
     assert vote(slices) == vote(slices, method="weighted")
+    assert vote(slices).method == "weighted"

@@ -19,6 +19,7 @@ from backend.annotations import handle_event
 from backend.jobs import list_jobs
 from backend.main import create_app
 from backend.registry import champion_of
+from backend.retrain import gate_voting
 from backend.tables import ModelVersion
 from tests.fixtures.celery_worker import CONFIDENT_EPOCHS
 from tests.loop.conftest import (
@@ -170,3 +171,10 @@ def test_champion_of_an_older_preset_definition_is_not_warm_started(
         candidate = session.get(ModelVersion, job.candidate_version_id)
         assert candidate is not None
         assert candidate.parent_version_id is None  # trained from random weights, not from the older champion
+
+
+def test_the_gate_compares_networks_not_the_heads_fitted_on_its_series() -> None:
+    """Heads are fitted on the held-out series the gate compares on: comparing through them would favour the fitter."""
+    assert gate_voting("auto") == "weighted"
+    assert gate_voting("head") == "weighted"
+    assert [gate_voting(rule) for rule in ("majority", "mean", "weighted")] == ["majority", "mean", "weighted"]

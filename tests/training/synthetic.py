@@ -12,6 +12,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
+from numpy.typing import NDArray
 
 from backend.ml.dicom import SeriesInfo, SeriesMetadata, SliceRef
 from backend.ml.phases import PHASES
@@ -80,3 +81,33 @@ def fake_load_slices(
         image = body + blob * (0.5 + 0.1 * label) + rng.normal(0.0, 0.05, body.shape)
         out[k] = np.clip(image, 0.0, 1.0)[None]
     return out
+
+
+def logits_to_probs(logits: NDArray[np.float64]) -> NDArray[np.float64]:
+    """Element-wise sigmoid."""
+    return 1.0 / (1.0 + np.exp(-logits))
+
+
+def transitional_world(n_per_phase: int, *, seed: int) -> tuple[list[NDArray[np.float64]], NDArray[np.int64]]:
+    """Series of 6-12 slices whose phase a slice vote cannot see: "others" slices lean venous, only less so.
+
+    Per phase, the slice logits are a phase centre plus noise; an "others" series' slices have their highest logit on
+    venous (so every slice votes venous) but a lower venous and a higher others logit than a venous series.
+    """
+    centres = np.array(
+        [
+            [2.0, -3.0, -3.0, -2.0],  # non_contrast
+            [-3.0, 2.0, -2.0, -2.0],  # arterial
+            [-3.0, -2.0, 2.5, -2.5],  # venous
+            [-3.0, -1.0, 1.0, 0.0],  # others (transitional): venous arg-max, higher others
+        ]
+    )
+    rng = np.random.default_rng(seed)
+    series, labels = [], []
+    for phase in range(len(PHASES)):
+        for _ in range(n_per_phase):
+            k = int(rng.integers(6, 13))
+            offset = rng.normal(0.0, 0.25, size=4)  # a patient's own shift
+            series.append(logits_to_probs(centres[phase] + offset + rng.normal(0.0, 0.3, size=(k, 4))))
+            labels.append(phase)
+    return series, np.asarray(labels)

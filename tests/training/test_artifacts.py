@@ -24,12 +24,22 @@ from backend.ml.network import (
     training_data_fingerprint,
 )
 from backend.ml.phases import PHASES
+from backend.ml.series_head import SeriesHead
+
+HEAD = SeriesHead(
+    feature_mean=[-1.0, -2.0, -0.5, -3.0],
+    feature_scale=[1.5, 2.0, 1.0, 0.5],
+    weights=[[1.0, -0.5, 0.0, 0.25], [0.0, 2.0, -1.0, 0.0], [-0.5, 0.0, 1.5, 0.5], [0.0, 0.0, 0.5, 1.0]],
+    bias=[0.1, -0.2, 0.3, -0.2],
+    c=0.3,
+    n_series=120,
+)
 
 
-def _save(tmp_path: Path, preset: Preset, name: str = "model") -> Path:
+def _save(tmp_path: Path, preset: Preset, name: str = "model", head: SeriesHead | None = None) -> Path:
     torch.manual_seed(0)
     network = create_network(preset)
-    manifest = build_manifest(preset, fingerprint="f" * 64, metrics={"val_series_macro_f1": 0.5})
+    manifest = build_manifest(preset, fingerprint="f" * 64, metrics={"val_series_macro_f1": 0.5}, series_head=head)
     save_model(tmp_path / name, network=network, manifest=manifest)
     return tmp_path / name
 
@@ -71,6 +81,26 @@ def test_round_trip_gives_the_same_probabilities(tmp_path: Path, tiny_preset: Pr
     assert manifest.preprocessing["windows_hu"] == [[50.0, 400.0]]
     assert len(manifest.weights_sha256) == 64
     assert manifest.metrics == {"val_series_macro_f1": 0.5}
+
+
+def test_the_series_head_round_trips_and_is_protected(tmp_path: Path, tiny_preset: Preset) -> None:
+    model_dir = _save(tmp_path, tiny_preset, head=HEAD)
+    assert load_model(model_dir).manifest.series_head == HEAD
+    _edit_manifest(model_dir, series_head={**HEAD.model_dump(), "bias": [5.0, 0.0, 0.0, 0.0]})
+    with pytest.raises(ModelArtifactError, match="differs from the one recorded"):
+        load_model(model_dir)
+
+
+def test_a_model_from_before_the_head_still_loads(tmp_path: Path, tiny_preset: Preset) -> None:
+    """Artifacts written before the head existed have no ``series_head`` key, in the manifest or its embedded copy."""
+    model_dir = _save(tmp_path, tiny_preset)
+    data = json.loads((model_dir / MANIFEST_FILE).read_text())
+    assert data.pop("series_head") is None
+    (model_dir / MANIFEST_FILE).write_text(json.dumps(data))
+    assert load_model(model_dir).manifest.series_head is None
+    _edit_manifest(model_dir, series_head=HEAD.model_dump())  # a head added by hand is refused
+    with pytest.raises(ModelArtifactError, match="differs from the one recorded"):
+        load_model(model_dir)
 
 
 def test_predict_proba_checks_the_input_shape(tmp_path: Path, tiny_preset: Preset) -> None:

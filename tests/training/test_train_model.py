@@ -56,6 +56,11 @@ def test_result_metrics_and_progress(tmp_path: Path, tiny_preset: Preset) -> Non
     assert 1 <= metrics["best_epoch"] <= 2
     assert len(metrics["history"]) == 2
     assert metrics["pos_weight"] == dict.fromkeys(PHASES, 3.0)
+    assert metrics["series_head"] == {
+        "adopted": False,
+        "reason": "needs >= 5 validation series per phase, has [1, 1, 1, 1]",
+    }
+    assert result.manifest.series_head is None
     assert len(result.val_studies) == 1
 
 

@@ -19,11 +19,12 @@ from backend.ml.train import (
     _resolve,
     _slice_probabilities,
     augment_batch,
+    fit_head_on_validation,
     pos_weight_from_counts,
     split_by_study,
     warmup_cosine_factor,
 )
-from tests.training.synthetic import fake_series
+from tests.training.synthetic import fake_series, transitional_world
 
 
 def _studies(n: int) -> list[LabeledSeries]:
@@ -141,3 +142,64 @@ def test_validation_batches_across_series_and_splits_back_per_series(tiny_preset
         np.testing.assert_allclose(got, torch.sigmoid(expected).numpy(), atol=1e-5)
     labels = torch.cat([torch.full((k,), s.label) for k, s in zip(sizes, series, strict=True)])
     assert loss == pytest.approx(float(loss_fn(torch.cat(logits), labels)), rel=1e-5)
+
+
+class _LogitsFromPixels(torch.nn.Module):
+    """A stand-in network: each of the 4 input channels' mean, in [0, 1], maps linearly to a logit in [-10, 10]."""
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        return images.mean(dim=(2, 3)) * 20.0 - 10.0
+
+
+def _cached_world(n_per_phase: int, *, seed: int) -> list[CachedSeries]:
+    """:func:`transitional_world` series as cached slices whose pixels encode the slice logits."""
+    probs, labels = transitional_world(n_per_phase, seed=seed)
+    out = []
+    for i, (p, label) in enumerate(zip(probs, labels, strict=True)):
+        pixels = np.round((np.log(p / (1.0 - p)) + 10.0) / 20.0 * 255.0).clip(0, 255).astype(np.uint8)
+        out.append(
+            CachedSeries(
+                series_instance_uid=f"s{i}",
+                study_instance_uid=f"t{i}",
+                label=int(label),
+                slice_indices=np.arange(len(p), dtype=np.int64),
+                images=np.broadcast_to(pixels[:, :, None, None], (len(p), 4, 2, 2)).copy(),
+            )
+        )
+    return out
+
+
+def _fit_head(series: list[CachedSeries], preset: Preset) -> tuple[object, dict[str, object]]:
+    return fit_head_on_validation(
+        _LogitsFromPixels(),
+        series,
+        plan=_resolve(TrainConfig(preset=preset, device="cpu")),
+        loss_fn=ClassWeightedBCE(torch.ones(4)),
+        seed=0,
+    )
+
+
+def test_the_series_head_is_adopted_where_it_beats_the_vote(tiny_preset: Preset) -> None:
+    head, metrics = _fit_head(_cached_world(12, seed=1), tiny_preset)
+    assert head is not None
+    assert metrics["adopted"] is True
+    assert metrics["n_series"] == 48
+    assert metrics["vote_macro_f1"] < 0.85  # every "others" series votes venous
+    assert metrics["cv_macro_f1"] >= 0.95
+    assert "cross-validated head macro F1" in str(metrics["reason"])
+
+
+def test_the_series_head_is_not_adopted_where_it_cannot_be_fitted_or_does_worse(tiny_preset: Preset) -> None:
+    head, metrics = _fit_head(_cached_world(4, seed=1), tiny_preset)
+    assert head is None
+    assert metrics == {"adopted": False, "reason": "needs >= 5 validation series per phase, has [4, 4, 4, 4]"}
+    head, metrics = _fit_head([], tiny_preset)
+    assert (head, metrics["reason"]) == (None, "no validation series")
+    perfect = [s for s in _cached_world(8, seed=2) if s.label != PHASES.index("others")]
+    others = [  # "others" series as unmistakable as the rest: the vote is perfect, the head can only tie
+        CachedSeries(s.series_instance_uid + "o", s.study_instance_uid, 3, s.slice_indices, s.images[:, ::-1].copy())
+        for s in perfect[:8]
+    ]
+    head, metrics = _fit_head(perfect + others, tiny_preset)
+    assert metrics["vote_macro_f1"] == pytest.approx(1.0)
+    assert (head is not None) == (metrics["cv_macro_f1"] >= 1.0)
