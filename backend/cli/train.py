@@ -49,14 +49,14 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
         help="create a demo model from phantoms (cpu preset) unless MODEL_DIR already holds one",
         description=(
             "If MODEL_DIR holds no model: generate phantom series (or reuse --phantoms) and train the cpu preset "
-            "on them; ~10 minutes on 2 CPU cores. Same as "
-            "`ctphase phantom P --n-per-class 320 --seed 1 --max-slices 8 --compression none` then "
-            "`ctphase train P --labels P/labels.csv --out MODEL_DIR --preset cpu --seed 1 --slices-per-series 2`."
+            "on them; 10-15 minutes on 2 CPU cores. Same as "
+            "`ctphase phantom P --n-per-class 160 --seed 1 --max-slices 8 --compression none` then "
+            "`ctphase train P --labels P/labels.csv --out MODEL_DIR --preset cpu --seed 1 --slices-per-series 4`."
         ),
     )
     starter.add_argument("model_dir", type=str, metavar="MODEL_DIR")
     starter.add_argument("--phantoms", type=str, default=None, help="phantom folder (default: beside MODEL_DIR)")
-    starter.add_argument("--n-per-class", type=int, default=None, help="phantom series per phase (default 320)")
+    starter.add_argument("--n-per-class", type=int, default=None, help="phantom series per phase (default 160)")
     starter.add_argument("--seed", type=int, default=1)
     starter.add_argument("--threads", type=int, default=None)
     starter.set_defaults(func=_run_starter)

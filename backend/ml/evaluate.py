@@ -51,7 +51,7 @@ from numpy.typing import NDArray
 
 from backend.ml.phases import N_PHASES, PHASES, phase_index
 from backend.ml.sampling import sample_size, series_rng
-from backend.ml.series_head import PROBABILITY_CLIP, SeriesHead
+from backend.ml.series_head import SeriesHead, slice_logits
 from backend.ml.voting import (
     DEFAULT_VOTING,
     FALLBACK_VOTING,
@@ -575,8 +575,7 @@ def _prefix_labels(
     """
     permuted = probs[order]
     if method == "head" and head is not None:
-        clipped = np.clip(permuted, PROBABILITY_CLIP, 1.0 - PROBABILITY_CLIP)
-        logit_sums = np.cumsum(np.log(clipped / (1.0 - clipped)), axis=0)[sizes - 1]  # [r, 4]
+        logit_sums = np.cumsum(slice_logits(permuted), axis=0)[sizes - 1]  # [r, 4]
         return np.asarray(np.argmax(head.probabilities(logit_sums / sizes[:, None]), axis=1), dtype=np.int64)
     mean_sums = np.cumsum(permuted, axis=0)[sizes - 1]  # [r, 4], proportional to the means of each prefix
     if method == "mean":

@@ -45,6 +45,19 @@ _NEWTON_STEPS: Final[int] = 100
 _GRADIENT_TOLERANCE: Final[float] = 1e-9
 
 
+def slice_logits(slice_probs: NDArray[Any]) -> NDArray[np.float64]:
+    """Logits ``log(p / (1 - p))`` of sigmoid probabilities clipped to [clip, 1 - clip].
+
+    Args:
+        slice_probs: float [n, 4] sigmoid probabilities in [0, 1], columns in ``PHASES`` order.
+
+    Returns:
+        float64 [n, 4], each in [-13.8, 13.8].
+    """
+    p = np.clip(np.asarray(slice_probs, dtype=np.float64), PROBABILITY_CLIP, 1.0 - PROBABILITY_CLIP)
+    return np.asarray(np.log(p / (1.0 - p)), dtype=np.float64)
+
+
 def mean_logits(slice_probs: NDArray[Any]) -> NDArray[np.float64]:
     """The head's input: each output's logit averaged over slices.
 
@@ -54,8 +67,7 @@ def mean_logits(slice_probs: NDArray[Any]) -> NDArray[np.float64]:
     Returns:
         float64 [4].
     """
-    p = np.clip(np.asarray(slice_probs, dtype=np.float64), PROBABILITY_CLIP, 1.0 - PROBABILITY_CLIP)
-    return np.asarray(np.log(p / (1.0 - p)).mean(axis=0), dtype=np.float64)
+    return np.asarray(slice_logits(slice_probs).mean(axis=0), dtype=np.float64)
 
 
 def _softmax(scores: NDArray[Any]) -> NDArray[np.float64]:

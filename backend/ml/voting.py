@@ -70,7 +70,7 @@ class SeriesVote:
     entropy: float
     margin: float
     n_slices_read: int
-    method: VotingMethod = FALLBACK_VOTING
+    method: VotingMethod
 
 
 def check_probabilities(slice_probs: NDArray[Any]) -> NDArray[Any]:
