@@ -191,6 +191,50 @@ def test_promotion_and_rollback_apply_without_restart(
     assert f'ctphase_model_version_info{{model_version="{own}",project="9"}} 1.0' in metrics
 
 
+@pytest.fixture
+def headed_model(tmp_path: Path) -> Path:
+    """A tiny untrained network whose series head calls every series "others"."""
+    import torch
+
+    from backend.ml.network import Preset, build_manifest, create_network, save_model
+    from backend.ml.series_head import SeriesHead
+
+    torch.manual_seed(5)
+    preset = Preset(name="tiny", arch="mobilenetv3_small_050", image_size=32, windows=((50.0, 400.0),))
+    head = SeriesHead(
+        feature_mean=[0.0] * 4,
+        feature_scale=[1.0] * 4,
+        weights=[[0.0] * 4] * 4,
+        bias=[0.0, 0.0, 0.0, 9.0],
+        c=1.0,
+        n_series=40,
+    )
+    manifest = build_manifest(preset, fingerprint="headed", metrics={}, series_head=head)
+    save_model(tmp_path / "headed", network=create_network(preset), manifest=manifest)
+    return tmp_path / "headed"
+
+
+@pytest.mark.parametrize("voting", ["auto", "head"])
+def test_the_service_votes_with_the_champion_series_head(
+    client_factory: Callable[..., TestClient],
+    phantom_settings: Callable[..., Settings],
+    records: list[PhantomRecord],
+    tiny_model_factory: Callable[[int], Path],
+    headed_model: Path,
+    voting: str,
+) -> None:
+    """``auto`` and ``head`` use the champion's head; a champion without one is voted ``weighted``, not refused."""
+    settings = phantom_settings(voting=voting)
+    client = client_factory(settings)
+    body = {"tasks": _tasks(records[:2]), "project": "9.1", "label_config": LABEL_CONFIG}
+    _register(client, headed_model, promote=True)
+    results = client.post("/predict", json=body).json()["results"]
+    assert [r["result"][0]["value"]["choices"] for r in results] == [["Others"], ["Others"]]
+    _register(client, tiny_model_factory(1), promote=True)
+    assert client.post("/predict", json=body).status_code == 200
+    assert [row.components["voting"] for row in _log_rows(settings)] == ["head", "head", "weighted", "weighted"]
+
+
 def test_missing_champion_artifact_is_503(
     client_factory: Callable[..., TestClient],
     phantom_settings: Callable[..., Settings],
