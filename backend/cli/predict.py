@@ -155,7 +155,7 @@ def _run_predict(args: argparse.Namespace) -> int:
                 slice_writer.writeheader()
             outcomes = predict_many(model, found.series, options=options)
             for outcome in tqdm(outcomes, total=len(found.series), unit="series", disable=args.no_progress):
-                writer.writerow(prediction_row(outcome))
+                writer.writerow(prediction_row(outcome, model_sha256=model.manifest.weights_sha256))
                 n_errors += outcome.error is not None
                 if slice_writer is not None and outcome.prediction is not None:
                     slice_writer.writerows(slice_rows(outcome.prediction))
@@ -177,7 +177,7 @@ def _run_evaluate(args: argparse.Namespace) -> int:
     from backend.ml.network import ModelArtifactError, read_manifest
 
     try:
-        head = read_manifest(Path(args.model)).series_head if args.model else None
+        manifest = read_manifest(Path(args.model)) if args.model else None
     except ModelArtifactError as exc:
         print(f"ctphase evaluate: {exc}", file=sys.stderr)
         return 2
@@ -191,7 +191,8 @@ def _run_evaluate(args: argparse.Namespace) -> int:
             seed=args.seed,
             repeats=args.repeats,
             method=args.voting,
-            head=head,
+            head=manifest.series_head if manifest is not None else None,
+            model_sha256=manifest.weights_sha256 if manifest is not None else None,
             by=args.by,
         )
     except EvaluationError as exc:

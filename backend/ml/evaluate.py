@@ -268,6 +268,7 @@ class PredictionTable:
         n_slices: int64 [m].
         errors: uid -> error message for rows with an error.
         voting: the rules named in the ``voting`` column (empty for files written before it existed).
+        models: the ``model_sha256`` values (empty likewise).
     """
 
     uids: tuple[str, ...]
@@ -276,6 +277,7 @@ class PredictionTable:
     n_slices: NDArray[Any]
     errors: dict[str, str]
     voting: frozenset[str] = frozenset()
+    models: frozenset[str] = frozenset()
 
     def index(self) -> dict[str, int]:
         """uid -> row position."""
@@ -361,9 +363,11 @@ def read_predictions_csv(path: Path) -> PredictionTable:
     errors: dict[str, str] = {}
     seen: set[str] = set()
     voting: set[str] = set()
+    models: set[str] = set()
     for line, row in enumerate(rows, start=2):
         uid = row["series_instance_uid"].strip()
         voting.add((row.get("voting") or "").strip())
+        models.add((row.get("model_sha256") or "").strip())
         if uid in seen:
             raise EvaluationError(f"{path}:{line}: duplicate series_instance_uid {uid}")
         seen.add(uid)
@@ -384,6 +388,7 @@ def read_predictions_csv(path: Path) -> PredictionTable:
         n_slices=np.asarray(n_slices, dtype=np.int64),
         errors=errors,
         voting=frozenset(voting - {""}),
+        models=frozenset(models - {""}),
     )
 
 
@@ -970,6 +975,7 @@ def run_evaluation(
     repeats: int = 5,
     method: VotingChoice = DEFAULT_VOTING,
     head: SeriesHead | None = None,
+    model_sha256: str | None = None,
     fractions: Sequence[float] = DEFAULT_FRACTIONS,
     by: str | None = None,
 ) -> EvaluationReport:
@@ -983,6 +989,7 @@ def run_evaluation(
         method: the vote of the F1-versus-R curve; ``auto``: the rule ``preds.csv`` records (see
             :func:`curve_voting`).
         head: the series head of the model that wrote the predictions (``manifest.series_head``), for ``head``.
+        model_sha256: that model's weights sha256; refused when ``preds.csv`` names other models.
         by: a labels.csv column to break the series-level results down by (an error if absent); None breaks
             down by :data:`DEFAULT_BREAKDOWN_COLUMN` when the labels have it.
 
@@ -991,6 +998,12 @@ def run_evaluation(
     """
     labels = read_labels_csv(labels_csv)
     predictions = read_predictions_csv(predictions_csv)
+    if model_sha256 is not None and predictions.models and predictions.models != {model_sha256}:
+        written_by = ", ".join(sorted(sha[:12] for sha in predictions.models))
+        raise EvaluationError(
+            f"{predictions_csv} was written by model {written_by}, not by the given model {model_sha256[:12]}; "
+            "pass the model that wrote the predictions"
+        )
     report_dir.mkdir(parents=True, exist_ok=True)
     notes: list[str] = []
     n_unlabelled = sum(uid not in labels for uid in predictions.uids)

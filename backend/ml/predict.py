@@ -510,10 +510,12 @@ PREDICTION_CSV_COLUMNS: tuple[str, ...] = (
     "n_sampled",
     *(f"p_{phase}" for phase in PHASES),
     "voting",
+    "model_sha256",
     "error",
 )
 """Columns of ``preds.csv``. ``p_*`` are the normalised mean probabilities (whatever the voting method); ``voting``
-is the rule that decided the phase (``head``, ``weighted``, ``majority`` or ``mean``)."""
+is the rule that decided the phase (``head``, ``weighted``, ``majority`` or ``mean``); ``model_sha256`` is the
+sha256 of the model's weights (which model wrote the row)."""
 
 SLICE_CSV_COLUMNS: tuple[str, ...] = (
     "series_instance_uid",
@@ -529,9 +531,10 @@ def _fmt(value: float) -> str:
     return f"{value:.6g}"
 
 
-def prediction_row(outcome: SeriesOutcome) -> dict[str, str]:
+def prediction_row(outcome: SeriesOutcome, *, model_sha256: str = "") -> dict[str, str]:
     """One ``preds.csv`` row (all values as strings; empty phase and probabilities on error)."""
     row = dict.fromkeys(PREDICTION_CSV_COLUMNS, "")
+    row["model_sha256"] = model_sha256
     row["series_instance_uid"] = outcome.series_instance_uid or outcome.source
     row["study_instance_uid"] = outcome.study_instance_uid
     row["n_slices"] = str(outcome.n_slices)

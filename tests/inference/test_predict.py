@@ -282,6 +282,7 @@ def test_a_model_with_a_series_head_votes_with_it_everywhere(
     with preds.open() as handle:
         rows = [row for row in csv.DictReader(handle) if not row["error"]]
     assert {row["voting"] for row in rows} == {"head"}
+    assert {row["model_sha256"] for row in rows} == {model.manifest.weights_sha256}
     labels = tmp_path / "labels.csv"
     labels.write_text("series_instance_uid,phase\n" + "".join(f"{row['series_instance_uid']},others\n" for row in rows))
     evaluate = ["evaluate", str(preds), str(labels), "--slices", str(slices), "--bootstrap", "50", "--repeats", "1"]
@@ -290,6 +291,8 @@ def test_a_model_with_a_series_head_votes_with_it_everywhere(
     assert "pass --model MODEL_DIR" in capsys.readouterr().err
     assert _run_cli([*evaluate, "--report", str(tmp_path / "r2"), "--model", str(headed_model_dir)]) == 0
     assert "head vote" in capsys.readouterr().out
+    assert _run_cli([*evaluate, "--report", str(tmp_path / "r3"), "--model", str(tiny_model_dir)]) == 2
+    assert "pass the model that wrote the predictions" in capsys.readouterr().err
 
     plain = ["predict", str(root), "--model", str(tiny_model_dir), "--out", str(tmp_path / "p.csv"), "--no-progress"]
     assert _run_cli([*plain, "--voting", "head"]) == 2
