@@ -43,7 +43,7 @@ import os
 import time
 from collections import Counter
 from collections.abc import Callable, Iterator, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from functools import partial
 from pathlib import Path
 from typing import Any, Final
@@ -442,6 +442,7 @@ class Evaluation:
         slice_f1: per-phase slice-level F1.
         series_f1: per-phase series-level F1.
         series_accuracy: share of series voted correctly.
+        probabilities: float32 [k_i, 4] per series, every cached slice's probabilities (what the scores came from).
     """
 
     loss: float
@@ -450,6 +451,7 @@ class Evaluation:
     slice_f1: dict[str, float]
     series_f1: dict[str, float]
     series_accuracy: float
+    probabilities: tuple[NDArray[np.float32], ...] = field(default=(), compare=False, repr=False)
 
 
 def _slice_probabilities(
@@ -494,6 +496,7 @@ def evaluate_cached(
         slice_f1={phase: float(v) for phase, v in zip(PHASES, slice_scores["f1"], strict=True)},
         series_f1={phase: float(v) for phase, v in zip(PHASES, series_scores["f1"], strict=True)},
         series_accuracy=float(series_scores["accuracy"]),
+        probabilities=tuple(probs),
     )
 
 
@@ -502,22 +505,27 @@ def _macro_f1(true: NDArray[np.int64], predicted: NDArray[np.int64]) -> float:
 
 
 def fit_head_on_validation(
-    network: nn.Module, series: Sequence[CachedSeries], *, plan: _Plan, loss_fn: ClassWeightedBCE, seed: int
+    series: Sequence[CachedSeries], evaluation: Evaluation | None, *, seed: int
 ) -> tuple[SeriesHead | None, dict[str, Any]]:
     """Fit the series head on validation series; returns it (``None`` when not adopted) and what was measured.
 
     The head is adopted when its out-of-fold macro F1 (cross-validated on these series) is at least the macro F1 of
     the certainty-weighted vote over all their cached slices.
+
+    Args:
+        series: the validation series.
+        evaluation: the kept epoch's evaluation of them (its slice probabilities and weighted-vote macro F1).
+        seed: seeds the cross-validation folds.
     """
-    usable = [item for item in series if item.n_cached > 0]
-    labels = np.asarray([item.label for item in usable], dtype=np.int64)
-    problem = "no validation series" if not usable else fitting_problem(labels)
+    if evaluation is None or not series:
+        return None, {"adopted": False, "reason": "no validation series"}
+    labels = np.asarray([item.label for item in series], dtype=np.int64)
+    problem = fitting_problem(labels)
     if problem is not None:
         return None, {"adopted": False, "reason": problem}
-    probs, _ = _slice_probabilities(network, usable, plan=plan, loss_fn=loss_fn)
-    fit = fit_series_head(np.stack([mean_logits(p) for p in probs]), labels, seed=seed)
+    fit = fit_series_head(np.stack([mean_logits(p) for p in evaluation.probabilities]), labels, seed=seed)
     head_f1 = _macro_f1(labels, np.asarray(fit.out_of_fold.argmax(axis=1), dtype=np.int64))
-    vote_f1 = _macro_f1(labels, np.asarray([winner_index(p) for p in probs], dtype=np.int64))
+    vote_f1 = evaluation.series_macro_f1
     adopted = head_f1 >= vote_f1
     verdict = ">=" if adopted else "<"
     return (fit.head if adopted else None), {
@@ -526,7 +534,7 @@ def fit_head_on_validation(
         "cv_macro_f1": head_f1,
         "vote_macro_f1": vote_f1,
         "c": fit.head.c,
-        "n_series": len(usable),
+        "n_series": len(series),
         "n_folds": fit.n_folds,
         "cv_log_loss": {f"{c:g}": loss for c, loss in fit.cv_log_loss.items()},
     }
@@ -671,6 +679,7 @@ class _Run:
     best_state: dict[str, torch.Tensor] | None = None
     best_key: tuple[float, float, float] | None = None
     best_epoch: int = 0
+    best_evaluation: Evaluation | None = None
 
 
 def _steps_per_epoch(run: _Run) -> int:
@@ -730,6 +739,7 @@ def _keep_if_best(run: _Run, epoch: int, evaluation: Evaluation | None) -> None:
     if run.best_key is None or key > run.best_key:
         run.best_key = key
         run.best_epoch = epoch
+        run.best_evaluation = evaluation
         run.best_state = {k: v.detach().to("cpu", copy=True) for k, v in run.network.state_dict().items()}
 
 
@@ -751,7 +761,8 @@ def _fit(run: _Run) -> None:
             loss = _train_epoch(run, epoch, optimizer=optimizer, scheduler=scheduler, generator=generator, bar=bar)
             evaluation = evaluate_cached(run.network, run.val, plan=plan, loss_fn=run.loss_fn) if run.val else None
             _keep_if_best(run, epoch, evaluation)
-            run.history.append(_EpochRecord(epoch, loss, lr, time.perf_counter() - started, evaluation))
+            kept = None if evaluation is None else replace(evaluation, probabilities=())  # only the best keeps them
+            run.history.append(_EpochRecord(epoch, loss, lr, time.perf_counter() - started, kept))
             _report(run, epoch, loss, evaluation, bar)
     finally:
         if bar is not None:
@@ -823,8 +834,7 @@ def _warm_start(network: nn.Module, init_from: Path, preset: Preset) -> str:
 def _metrics(
     run: _Run, *, n_train_studies: int, n_val_studies: int, failed: int, extra: dict[str, Any]
 ) -> dict[str, Any]:
-    best = next((h for h in run.history if h.epoch == run.best_epoch), None)
-    ev = None if best is None else best.evaluation
+    ev = run.best_evaluation
     metrics = {
         "val_series_macro_f1": None if ev is None else ev.series_macro_f1,
         "val_slice_macro_f1": None if ev is None else ev.slice_macro_f1,
@@ -913,7 +923,7 @@ def train_model(
         if run.best_state is not None:  # always set: _fit runs >= 1 epoch
             run.network.load_state_dict(run.best_state)
         head, head_metrics = (
-            fit_head_on_validation(run.network, run.val, plan=plan, loss_fn=run.loss_fn, seed=config.seed)
+            fit_head_on_validation(run.val, run.best_evaluation, seed=config.seed)
             if config.series_head
             else (None, {"adopted": False, "reason": "not asked for (series_head=False)"})
         )
