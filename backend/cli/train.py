@@ -38,6 +38,19 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     parser.add_argument("--cache-dir", type=str, default=None, help="decoded slice cache (default: beside --out)")
     parser.add_argument("--init-from", type=str, default=None, help="warm start from this model folder")
     parser.add_argument(
+        "--head-data",
+        type=str,
+        default=None,
+        metavar="DIR",
+        help=(
+            "extra labelled series (other patients) that only fit the series head, with the validation series; "
+            "never trained on"
+        ),
+    )
+    parser.add_argument(
+        "--head-labels", type=str, default=None, help="labels CSV of --head-data (default: DIR/labels.csv)"
+    )
+    parser.add_argument(
         "--no-series-head",
         action="store_true",
         help="do not fit a series head on the validation series (voting then falls back to weighted)",
@@ -50,8 +63,10 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
         description=(
             "If MODEL_DIR holds no model: generate phantom series (or reuse --phantoms) and train the cpu preset "
             "on them; 10-15 minutes on 2 CPU cores. Same as "
-            "`ctphase phantom P --n-per-class 160 --seed 1 --max-slices 8 --compression none` then "
-            "`ctphase train P --labels P/labels.csv --out MODEL_DIR --preset cpu --seed 1 --slices-per-series 4`."
+            "`ctphase phantom P --n-per-class 160 --seed 1 --max-slices 8 --compression none`, "
+            "`ctphase phantom H --n-per-class 100 --seed 9001 --max-slices 8 --compression none` (head-only series) "
+            "then `ctphase train P --labels P/labels.csv --out MODEL_DIR --preset cpu --seed 1 --slices-per-series 4 "
+            "--head-data H`."
         ),
     )
     starter.add_argument("model_dir", type=str, metavar="MODEL_DIR")
@@ -71,7 +86,15 @@ def _run(args: argparse.Namespace) -> int:
     data_dir = Path(args.data_dir)
     labels = Path(args.labels) if args.labels else data_dir / "labels.csv"
     out = Path(args.out)
-    for path, what in ((data_dir, "DATA_DIR"), (labels, "--labels")):
+    head_dir = Path(args.head_data) if args.head_data else None
+    head_labels = Path(args.head_labels) if args.head_labels else (head_dir / "labels.csv" if head_dir else None)
+    if head_labels is not None and head_dir is None:
+        print("ctphase train: --head-labels needs --head-data", file=sys.stderr)
+        return 2
+    checks = [(data_dir, "DATA_DIR"), (labels, "--labels")]
+    if head_dir is not None and head_labels is not None:
+        checks += [(head_dir, "--head-data"), (head_labels, "--head-labels")]
+    for path, what in checks:
         if not path.exists():
             print(f"ctphase train: {what} {path}: no such file or folder", file=sys.stderr)
             return 2
@@ -94,8 +117,13 @@ def _run(args: argparse.Namespace) -> int:
     )
     try:
         examples = load_labeled_series(data_dir, labels)
+        head_examples = load_labeled_series(head_dir, head_labels) if head_dir and head_labels else []
         result = train_model(
-            examples, out_dir=out, config=config, init_from=Path(args.init_from) if args.init_from else None
+            examples,
+            out_dir=out,
+            config=config,
+            init_from=Path(args.init_from) if args.init_from else None,
+            head_examples=head_examples,
         )
     except ValueError as exc:
         print(f"ctphase train: {exc}", file=sys.stderr)

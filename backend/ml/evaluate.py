@@ -558,6 +558,19 @@ class FractionCurve:
     partial_series: int
 
 
+def _prefix_head_features(permuted: NDArray[Any], sizes: NDArray[Any], head: SeriesHead) -> NDArray[np.float64]:
+    """:func:`~backend.ml.voting.head_features` of every prefix ``permuted[:size]`` at once: float64 [r, 4]."""
+    logits = slice_logits(permuted)  # [k, 4]
+    plain = np.cumsum(logits, axis=0)[sizes - 1] / sizes[:, None]
+    if head.features == "mean_logits":
+        return np.asarray(plain, dtype=np.float64)
+    weights = certainty_weights(permuted)  # [k]
+    totals = np.cumsum(weights)[sizes - 1]  # [r]
+    sums = np.cumsum(weights[:, None] * logits, axis=0)[sizes - 1]
+    safe = np.where(totals > 0.0, totals, 1.0)[:, None]
+    return np.asarray(np.where(totals[:, None] > 0.0, sums / safe, plain), dtype=np.float64)
+
+
 def _prefix_labels(
     probs: NDArray[Any],
     sizes: NDArray[Any],
@@ -580,8 +593,7 @@ def _prefix_labels(
     """
     permuted = probs[order]
     if method == "head" and head is not None:
-        logit_sums = np.cumsum(slice_logits(permuted), axis=0)[sizes - 1]  # [r, 4]
-        return np.asarray(np.argmax(head.probabilities(logit_sums / sizes[:, None]), axis=1), dtype=np.int64)
+        return np.asarray(np.argmax(head.probabilities(_prefix_head_features(permuted, sizes, head)), axis=1))
     mean_sums = np.cumsum(permuted, axis=0)[sizes - 1]  # [r, 4], proportional to the means of each prefix
     if method == "mean":
         return np.asarray(np.argmax(mean_sums, axis=1), dtype=np.int64)

@@ -525,10 +525,15 @@ def resolve_device(device: str | torch.device) -> torch.device:
 def _embedded_manifest(manifest: Manifest) -> str:
     """The manifest without its weights checksum, canonical JSON (stored in the weights file's header).
 
-    A manifest without a series head leaves the key out, as artifacts written before the head existed did, so their
-    embedded copies still match.
+    A manifest without a series head leaves the key out, as artifacts written before the head existed did, and a
+    head reading ``mean_logits`` leaves out its ``features`` key, as heads written before that key existed did, so
+    their embedded copies still match.
     """
-    exclude = {"weights_sha256"} | ({"series_head"} if manifest.series_head is None else set())
+    exclude: dict[str, Any] = {"weights_sha256": True}
+    if manifest.series_head is None:
+        exclude["series_head"] = True
+    elif manifest.series_head.features == "mean_logits":
+        exclude["series_head"] = {"features": True}
     return json.dumps(manifest.model_dump(mode="json", exclude=exclude), sort_keys=True)
 
 

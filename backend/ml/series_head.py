@@ -7,10 +7,12 @@ every starter model, voted by majority or by certainty). The evidence is there a
 output leans: a transitional series' mean ``others`` logit is higher than that of a portal venous or late arterial
 series, and its venous and arterial logits are both middling.
 
-The head reads exactly that: for a series it averages the four logits ``log(p / (1 - p))`` of the voting slices
-(:func:`mean_logits`), standardises them and applies a multinomial logistic regression (4 features -> 4 phases,
-:class:`SeriesHead`). Training fits it on the series the trainer held out for validation (:func:`fit_series_head`),
-never on the series the network learned from, whose logits are over-confident.
+The head reads exactly that: for a series it averages the four logits ``log(p / (1 - p))`` of the voting slices,
+each slice weighted by its certainty as in the weighted vote (:func:`backend.ml.voting.head_features`; heads
+fitted before the weighting read the plain mean, and their ``features`` field says so), standardises them and
+applies a multinomial logistic regression (4 features -> 4 phases, :class:`SeriesHead`). Training fits it on the
+series the trainer held out for validation, plus any head-only series it is given (:func:`fit_series_head`), never
+on the series the network learned from, whose logits are over-confident.
 
 Fitting: class-balanced cross-entropy (each phase weighs the same, as macro F1 does) plus an L2 penalty
 ``||W||^2 / (2 C)`` on the weights (not the biases), minimised by Newton's method (20 parameters: exact and
@@ -23,7 +25,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Any, Final
+from typing import Any, Final, Literal, TypeAlias
 
 import numpy as np
 import pydantic
@@ -39,6 +41,11 @@ MAX_FOLDS: Final[int] = 5
 """Cross-validation folds (fewer when a phase has fewer series)."""
 MIN_SERIES_PER_PHASE: Final[int] = 5
 """Fewest fitting series per phase: below it the head is not fitted (the folds would be one or two series)."""
+HeadFeatures: TypeAlias = Literal["mean_logits", "weighted_mean_logits"]
+"""What a head reads (computed by :func:`backend.ml.voting.head_features`): the slices' mean logits, or their
+certainty-weighted mean (each slice weighted by :func:`backend.ml.voting.certainty_weights`)."""
+HEAD_FEATURES: Final[HeadFeatures] = "weighted_mean_logits"
+"""What heads fitted now read; a stored head without the field reads ``mean_logits`` (heads fitted before it)."""
 _BIAS_RIDGE: Final[float] = 1e-4
 """A tiny penalty on the biases: the softmax is invariant to a common shift, which makes the Hessian singular."""
 _NEWTON_STEPS: Final[int] = 100
@@ -58,18 +65,6 @@ def slice_logits(slice_probs: NDArray[Any]) -> NDArray[np.float64]:
     return np.asarray(np.log(p / (1.0 - p)), dtype=np.float64)
 
 
-def mean_logits(slice_probs: NDArray[Any]) -> NDArray[np.float64]:
-    """The head's input: each output's logit averaged over slices.
-
-    Args:
-        slice_probs: float [n, 4] sigmoid probabilities in [0, 1], n >= 1, columns in ``PHASES`` order.
-
-    Returns:
-        float64 [4].
-    """
-    return np.asarray(slice_logits(slice_probs).mean(axis=0), dtype=np.float64)
-
-
 def _softmax(scores: NDArray[Any]) -> NDArray[np.float64]:
     shifted = scores - scores.max(axis=-1, keepdims=True)
     e = np.exp(shifted)
@@ -86,12 +81,13 @@ class SeriesHead(pydantic.BaseModel):
     """A fitted head, stored in the model manifest (``series_head``).
 
     Attributes:
-        feature_mean: float [4], mean of the fitting series' :func:`mean_logits`.
+        feature_mean: float [4], mean of the fitting series' features.
         feature_scale: float [4] > 0, their standard deviation (inputs are ``(x - mean) / scale``).
         weights: float [4 phases][4 features].
         bias: float [4].
         c: inverse L2 strength chosen by cross-validation.
         n_series: series it was fitted on.
+        features: what it reads (:data:`HeadFeatures`); ``mean_logits`` where a stored head does not say.
     """
 
     model_config = pydantic.ConfigDict(extra="forbid", frozen=True)
@@ -102,6 +98,7 @@ class SeriesHead(pydantic.BaseModel):
     bias: list[float]
     c: float = pydantic.Field(gt=0)
     n_series: int = pydantic.Field(ge=1)
+    features: HeadFeatures = "mean_logits"
 
     @pydantic.field_validator("feature_mean", "bias")
     @classmethod
@@ -126,7 +123,7 @@ class SeriesHead(pydantic.BaseModel):
         """Phase probabilities of series.
 
         Args:
-            features: float [m, 4] or [4], :func:`mean_logits` of each series.
+            features: float [m, 4] or [4], each series' :func:`backend.ml.voting.head_features` (``self.features``).
 
         Returns:
             float64 [m, 4] (or [4]), rows summing to 1, columns in ``PHASES`` order.
@@ -212,7 +209,9 @@ def _newton(
     return theta
 
 
-def _fit_at(features: NDArray[np.float64], labels: NDArray[np.int64], *, c: float) -> SeriesHead:
+def _fit_at(
+    features: NDArray[np.float64], labels: NDArray[np.int64], *, c: float, kind: HeadFeatures = HEAD_FEATURES
+) -> SeriesHead:
     mean = features.mean(axis=0)
     scale = features.std(axis=0)
     scale = np.where(scale > 1e-6, scale, 1.0)
@@ -224,6 +223,7 @@ def _fit_at(features: NDArray[np.float64], labels: NDArray[np.int64], *, c: floa
         bias=[float(v) for v in theta[:, -1]],
         c=c,
         n_series=len(labels),
+        features=kind,
     )
 
 
@@ -249,13 +249,16 @@ def fitting_problem(labels: NDArray[Any]) -> str | None:
     return None
 
 
-def fit_series_head(features: NDArray[Any], labels: NDArray[Any], *, seed: int = 0) -> HeadFit:
+def fit_series_head(
+    features: NDArray[Any], labels: NDArray[Any], *, seed: int = 0, kind: HeadFeatures = HEAD_FEATURES
+) -> HeadFit:
     """Fit a head, choosing ``C`` by stratified cross-validation (see the module docstring).
 
     Args:
-        features: float [n, 4], :func:`mean_logits` of each series.
+        features: float [n, 4], :func:`backend.ml.voting.head_features` of each series.
         labels: int [n], phase indices.
         seed: seeds the fold assignment.
+        kind: which features they are (recorded in the head).
 
     Raises:
         ValueError: shapes disagree, or :func:`fitting_problem` objects.
@@ -282,7 +285,7 @@ def fit_series_head(features: NDArray[Any], labels: NDArray[Any], *, seed: int =
         losses[c] = float(-(weights * np.log(picked)).sum() / weights.sum())
     best = min(C_GRID, key=lambda c: (losses[c], c))
     return HeadFit(
-        head=_fit_at(x, y, c=best),
+        head=_fit_at(x, y, c=best, kind=kind),
         out_of_fold=out_of_fold[best],
         cv_log_loss=losses,
         n_folds=n_folds,

@@ -3,15 +3,20 @@
 Equivalent CLI sequence (what :func:`ensure_starter_model` does)::
 
     ctphase phantom PHANTOMS --n-per-class 160 --seed 1 --max-slices 8 --compression none
-    ctphase train PHANTOMS --labels PHANTOMS/labels.csv --out MODEL --preset cpu --seed 1 --slices-per-series 4
+    ctphase phantom HEAD --n-per-class 100 --seed 9001 --max-slices 8 --compression none
+    ctphase train PHANTOMS --labels PHANTOMS/labels.csv --out MODEL --preset cpu --seed 1 --slices-per-series 4 \
+        --head-data HEAD
 
 or in one step: ``ctphase starter-model MODEL``. Many patients with few slices each: rendering and training cost
 scale with the number of slices, not of series, and the network learns contrast physiology from the number of
 distinct patients and bolus draws. Training fits the series head (:mod:`backend.ml.series_head`) on its 120
-validation series. Series macro F1 at R = 30 % with the head, on 160 series each of seeds 41 / 31 / 61 / 71:
-0.956 / 0.956 / 0.948 / 0.936 (weighted vote, same network: 0.941 / 0.936 / 0.914 / 0.942). Twice the patients
-(1,280 x 8, 2 slices per series per epoch, the same training steps; 272 validation series for the head) scored
-0.944 / 0.945 / 0.962 / 0.938 at 1.2x the time (17.7 vs 14.7 minutes on one host), so the smaller recipe stays.
+validation series plus the 400 head-only series of ``HEAD`` (other patients, never trained on; 46 s of phantoms and
+a few seconds of decoding and inference). 10.9 minutes end to end on a 2-core Intel Xeon. Series macro F1 at R = 30 %
+with the head (``ctphase predict`` then ``ctphase evaluate``), 160 series per seed: 0.969 and 0.950 on fresh seeds 81
+and 91; 0.943 / 0.968 / 0.962 / 0.975 on seeds 71 / 61 / 41 / 31 (used for choices), where the previous starter
+(its head on the plain mean logits of the validation series alone) scored 0.936 / 0.948 / 0.956 / 0.956. Twice the
+patients (1,280 x 8, 2 slices per series per epoch) did not beat 640 x 8 with a head (measured before the head-only
+series, 17.7 vs 14.7 minutes on a slower host).
 """
 
 from __future__ import annotations
@@ -35,6 +40,11 @@ STARTER_COMPRESSION: Final[str] = "none"
 """Starter phantoms are written uncompressed: every codec of the ``mixed`` archive mix is lossless, so the pixels a
 network sees are the same, and skipping the encoding (and the decoding when the slice cache is built) cut the
 starter's phantoms from 94 to 65 s and its slice cache from 38 to 8 s (640 series x 8 slices; 1.8 instead of 1.2 GB)."""
+STARTER_HEAD_N_PER_CLASS: Final[int] = 100
+"""Series per phase of the starter's head-only phantoms (other patients; they fit only the series head)."""
+STARTER_HEAD_SEED: Final[int] = 9001
+"""Seed of the head-only phantoms: far from the small seeds used for test sets, so a test set is never the data
+the head was fitted on."""
 STARTER_SLICES_PER_SERIES: Final[int] = 4
 """Slices of each series per training epoch: 640 series x 4 gives the ``cpu`` preset's usual steps per epoch."""
 LABELS_FILE: Final[str] = "labels.csv"
@@ -76,7 +86,9 @@ def ensure_starter_model(
     model_dir: Path,
     *,
     phantom_dir: Path | None = None,
+    head_phantom_dir: Path | None = None,
     n_per_class: int = STARTER_N_PER_CLASS,
+    head_n_per_class: int = STARTER_HEAD_N_PER_CLASS,
     seed: int = STARTER_SEED,
     threads: int | None = None,
     show_progress: bool = False,
@@ -87,7 +99,11 @@ def ensure_starter_model(
         model_dir: model folder; kept as is when it already holds a valid manifest.
         phantom_dir: where the phantom dataset lives or is generated (default: ``.starter-phantoms`` beside
             ``model_dir``); reused when present.
+        head_phantom_dir: where the head-only phantoms (seed :data:`STARTER_HEAD_SEED`) live or are generated
+            (default: ``.starter-head-phantoms`` beside ``model_dir``); reused when present.
         n_per_class: phantom series per phase.
+        head_n_per_class: head-only phantom series per phase (0: none; the head is fitted on the validation
+            series alone).
         seed: phantom and training seed.
         threads: torch CPU threads.
         show_progress: progress bars on stderr.
@@ -105,6 +121,14 @@ def ensure_starter_model(
         phantom_dir or model_dir.parent / ".starter-phantoms", n_per_class=n_per_class, seed=seed
     )
     examples = load_labeled_series(phantoms, phantoms / LABELS_FILE)
+    head_examples = []
+    if head_n_per_class > 0:
+        head_phantoms = ensure_phantoms(
+            head_phantom_dir or model_dir.parent / ".starter-head-phantoms",
+            n_per_class=head_n_per_class,
+            seed=STARTER_HEAD_SEED,
+        )
+        head_examples = load_labeled_series(head_phantoms, head_phantoms / LABELS_FILE)
     config = TrainConfig(
         preset="cpu",
         seed=seed,
@@ -113,6 +137,6 @@ def ensure_starter_model(
         threads=threads,
         show_progress=show_progress,
     )
-    result = train_model(examples, out_dir=model_dir, config=config)
+    result = train_model(examples, out_dir=model_dir, config=config, head_examples=head_examples)
     log.info("starter model %s: validation series macro F1 %s", model_dir, result.metrics.get("val_series_macro_f1"))
     return model_dir

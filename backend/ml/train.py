@@ -23,10 +23,11 @@ The recipe:
   of a few dozen series moves the series F1 by 0.1-0.2 between neighbouring epochs, so its maximum is mostly luck
   (measured on phantoms: the series-F1 peak at epoch 11 of 24 scored 0.66 on held-out series), while the slice F1
   over ~1,000 slices is steady.
-- **Series head** (:mod:`backend.ml.series_head`): with the kept weights, a logistic regression on each validation
-  series' mean slice logits is fitted on the validation series and stored in the manifest, if cross-validation on
-  those series says it decides them at least as well as the certainty-weighted vote (``metrics.series_head`` says
-  what was measured and why it was or was not adopted). ``auto`` voting then uses it.
+- **Series head** (:mod:`backend.ml.series_head`): with the kept weights, a logistic regression on each held-out
+  series' certainty-weighted mean slice logits is fitted on the validation series, plus any head-only series
+  (``head_examples``: other patients' labelled series that are never trained on), and stored in the manifest if
+  cross-validation on those series says it decides them at least as well as the certainty-weighted vote
+  (``metrics.series_head`` says what was measured and why it was or was not adopted). ``auto`` voting then uses it.
 - **Atomic output**: the artifact is written once, at the end, by :func:`~backend.ml.network.save_model`;
   cancellation (``should_stop()``) or Ctrl-C leaves no model folder behind.
 - CPU runs are deterministic for a seed (seeded generators, ``torch.use_deterministic_algorithms``); CUDA runs use
@@ -71,8 +72,8 @@ from backend.ml.network import (
     warm_start_problem,
 )
 from backend.ml.phases import N_PHASES, PHASES, as_phase
-from backend.ml.series_head import SeriesHead, fit_series_head, fitting_problem, mean_logits
-from backend.ml.voting import FALLBACK_VOTING, winner_index
+from backend.ml.series_head import HEAD_FEATURES, SeriesHead, fit_series_head, fitting_problem
+from backend.ml.voting import FALLBACK_VOTING, head_features, winner_index
 
 __all__ = [
     "ClassWeightedBCE",
@@ -505,27 +506,28 @@ def _macro_f1(true: NDArray[np.int64], predicted: NDArray[np.int64]) -> float:
 
 
 def fit_head_on_validation(
-    series: Sequence[CachedSeries], evaluation: Evaluation | None, *, seed: int
+    series: Sequence[CachedSeries], probabilities: Sequence[NDArray[np.float32]], *, seed: int
 ) -> tuple[SeriesHead | None, dict[str, Any]]:
-    """Fit the series head on validation series; returns it (``None`` when not adopted) and what was measured.
+    """Fit the series head on held-out series; returns it (``None`` when not adopted) and what was measured.
 
     The head is adopted when its out-of-fold macro F1 (cross-validated on these series) is at least the macro F1 of
     the certainty-weighted vote over all their cached slices.
 
     Args:
-        series: the validation series.
-        evaluation: the kept epoch's evaluation of them (its slice probabilities and weighted-vote macro F1).
+        series: the held-out series (validation, plus any head-only series).
+        probabilities: float32 [k_i, 4] per series, the kept network's probabilities for every cached slice.
         seed: seeds the cross-validation folds.
     """
-    if evaluation is None or not series:
+    if not series:
         return None, {"adopted": False, "reason": "no validation series"}
     labels = np.asarray([item.label for item in series], dtype=np.int64)
     problem = fitting_problem(labels)
     if problem is not None:
         return None, {"adopted": False, "reason": problem}
-    fit = fit_series_head(np.stack([mean_logits(p) for p in evaluation.probabilities]), labels, seed=seed)
+    features = np.stack([head_features(p, kind=HEAD_FEATURES) for p in probabilities])
+    fit = fit_series_head(features, labels, seed=seed, kind=HEAD_FEATURES)
     head_f1 = _macro_f1(labels, np.asarray(fit.out_of_fold.argmax(axis=1), dtype=np.int64))
-    vote_f1 = evaluation.series_macro_f1
+    vote_f1 = _macro_f1(labels, np.asarray([winner_index(p, method=FALLBACK_VOTING) for p in probabilities]))
     adopted = head_f1 >= vote_f1
     verdict = ">=" if adopted else "<"
     return (fit.head if adopted else None), {
@@ -876,6 +878,7 @@ def train_model(
     should_stop: Callable[[], bool] | None = None,
     init_from: Path | None = None,
     val_examples: Sequence[LabeledSeries] | None = None,
+    head_examples: Sequence[LabeledSeries] = (),
 ) -> TrainResult:
     """Train a slice network and write it to ``out_dir`` atomically.
 
@@ -888,6 +891,8 @@ def train_model(
         init_from: a model folder to warm-start from (same architecture and preprocessing).
         val_examples: fixed validation series (e.g. the champion's held-out studies); their studies are removed from
             the training set.
+        head_examples: extra labelled series that only fit the series head, together with the validation series
+            (never trained on, not used to pick the epoch). Series of a training study are left out (logged).
 
     Returns:
         The :class:`TrainResult`.
@@ -905,10 +910,12 @@ def train_model(
     train_examples, val_list = _split(examples, val_examples, config)
     if not train_examples:
         raise ValueError(f"no training series: {len(examples)} examples, all held out for validation")
+    head_list = _head_only(head_examples, train=train_examples, val=val_list)
     with _torch_threads(config.threads, plan.device) as threads:
-        train_cache, val_cache, failed = _build_caches(
+        train_cache, val_cache, head_cache, failed = _build_caches(
             train_examples,
             val_list,
+            head_list,
             plan=plan,
             cache_dir=config.cache_dir or out_dir.parent / ".slice-cache",
             config=config,
@@ -923,7 +930,7 @@ def train_model(
         if run.best_state is not None:  # always set: _fit runs >= 1 epoch
             run.network.load_state_dict(run.best_state)
         head, head_metrics = (
-            fit_head_on_validation(run.val, run.best_evaluation, seed=config.seed)
+            _fit_head(run, head_cache)
             if config.series_head
             else (None, {"adopted": False, "reason": "not asked for (series_head=False)"})
         )
@@ -939,6 +946,7 @@ def train_model(
             "pos_weight": dict(zip(PHASES, [float(w) for w in run.loss_fn.pos_weight], strict=True)),
             "init_from_sha256": init_sha,
             "val_data_fingerprint": _fingerprint(val_list),
+            "head_data_fingerprint": _fingerprint(head_list) if head_list else None,
             "device": str(plan.device),
             "torch_threads": threads,
             "series_head": head_metrics,
@@ -956,6 +964,35 @@ def train_model(
         written = save_model(out_dir, network=run.network.cpu(), manifest=manifest)
     val_studies = tuple(sorted({e.series.study_instance_uid for e in val_list}))
     return TrainResult(model_dir=out_dir, manifest=written, metrics=written.metrics, val_studies=val_studies)
+
+
+def _head_only(
+    examples: Sequence[LabeledSeries], *, train: Sequence[LabeledSeries], val: Sequence[LabeledSeries]
+) -> list[LabeledSeries]:
+    """The head-only series that share no study with the training series and are not validation series."""
+    train_studies = {e.series.study_instance_uid for e in train}
+    taken = {e.series.series_instance_uid for e in (*train, *val)}
+    kept = [
+        e
+        for e in examples
+        if e.series.study_instance_uid not in train_studies and e.series.series_instance_uid not in taken
+    ]
+    if len(kept) < len(examples):
+        log.warning(
+            "%d of %d head-only series left out: their study (or the series itself) is in the training or "
+            "validation set",
+            len(examples) - len(kept),
+            len(examples),
+        )
+    return kept
+
+
+def _fit_head(run: _Run, head_only: tuple[CachedSeries, ...]) -> tuple[SeriesHead | None, dict[str, Any]]:
+    """Fit the series head with the kept weights on the validation series plus the head-only series."""
+    kept = run.best_evaluation.probabilities if run.best_evaluation is not None else ()
+    extra = _slice_probabilities(run.network, head_only, plan=run.plan, loss_fn=run.loss_fn)[0] if head_only else []
+    head, metrics = fit_head_on_validation([*run.val, *head_only], [*kept, *extra], seed=run.config.seed)
+    return head, {**metrics, "n_head_only_series": len(head_only)}
 
 
 def _prepare_run(
@@ -989,14 +1026,15 @@ def _tick(bar: Any) -> None:
 def _build_caches(
     train_examples: Sequence[LabeledSeries],
     val_examples: Sequence[LabeledSeries],
+    head_examples: Sequence[LabeledSeries],
     *,
     plan: _Plan,
     cache_dir: Path,
     config: TrainConfig,
     stop: Callable[[], bool],
-) -> tuple[tuple[CachedSeries, ...], tuple[CachedSeries, ...], int]:
-    """Cache the training and validation series; returns (train, val, number of series that failed to decode)."""
-    everything = [*train_examples, *val_examples]
+) -> tuple[tuple[CachedSeries, ...], tuple[CachedSeries, ...], tuple[CachedSeries, ...], int]:
+    """Cache the training, validation and head-only series; returns them and the number that failed to decode."""
+    everything = [*train_examples, *val_examples, *head_examples]
     bar = None
     if config.show_progress:
         from tqdm import tqdm
@@ -1021,11 +1059,13 @@ def _build_caches(
         if bar is not None:
             bar.close()
     val_uids = {e.series.series_instance_uid for e in val_examples}
-    train = tuple(s for s in cache.series if s.series_instance_uid not in val_uids)
+    head_uids = {e.series.series_instance_uid for e in head_examples}
+    train = tuple(s for s in cache.series if s.series_instance_uid not in val_uids | head_uids)
     val = tuple(s for s in cache.series if s.series_instance_uid in val_uids)
+    head = tuple(s for s in cache.series if s.series_instance_uid in head_uids)
     if not train:
         raise ValueError(f"none of the {len(train_examples)} training series could be decoded (see the log)")
-    return train, val, len(cache.failed)
+    return train, val, head, len(cache.failed)
 
 
 # --- labels and the CLI -----------------------------------------------------------------------------------------

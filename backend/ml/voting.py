@@ -33,7 +33,7 @@ import numpy as np
 from numpy.typing import NDArray
 
 from backend.ml.phases import N_PHASES, PHASES, Phase
-from backend.ml.series_head import SeriesHead, mean_logits
+from backend.ml.series_head import HeadFeatures, SeriesHead, slice_logits
 
 VotingMethod: TypeAlias = Literal["majority", "mean", "weighted", "head"]
 """A rule that decides a series (``head`` needs a model with a series head)."""
@@ -134,6 +134,28 @@ def certainty_weights(probs: NDArray[Any]) -> NDArray[np.float64]:
     return np.asarray(np.clip(1.0 + plogp.sum(axis=1) / math.log(N_PHASES), 0.0, 1.0), dtype=np.float64)
 
 
+def head_features(probs: NDArray[Any], *, kind: HeadFeatures) -> NDArray[np.float64]:
+    """A series head's input: each output's logit averaged over the slices.
+
+    ``weighted_mean_logits`` weights each slice by its :func:`certainty_weights` (the plain mean where every weight
+    is 0), so that slices which show little (a pelvis slice, a slice above the liver) count less, as in the
+    weighted vote; ``mean_logits`` is the plain mean.
+
+    Args:
+        probs: float [n, 4] slice probabilities in [0, 1], n >= 1.
+        kind: which features.
+
+    Returns:
+        float64 [4].
+    """
+    logits = slice_logits(probs)
+    weights = certainty_weights(probs) if kind == "weighted_mean_logits" else np.ones(len(logits))
+    total = float(weights.sum())
+    if total <= 0.0:
+        return np.asarray(logits.mean(axis=0), dtype=np.float64)
+    return np.asarray((weights[:, None] * logits).sum(axis=0) / total, dtype=np.float64)
+
+
 def weighted_votes(probs: NDArray[Any]) -> NDArray[np.float64]:
     """Per-class sum of the certainty-weighted arg-max votes (plain vote counts if every weight is 0).
 
@@ -222,7 +244,7 @@ def vote(
         winner = _winner_of(totals, probs)
         decided_on = totals / totals.sum()
     elif rule == "head" and head is not None:
-        decided_on = head.probabilities(mean_logits(probs))
+        decided_on = head.probabilities(head_features(probs, kind=head.features))
         winner = int(np.argmax(decided_on))
     else:
         winner = int(np.argmax(means))

@@ -24,8 +24,8 @@ from backend.ml.evaluate import (
 )
 from backend.ml.phases import PHASES
 from backend.ml.sampling import sample_indices
-from backend.ml.series_head import fit_series_head, mean_logits
-from backend.ml.voting import vote
+from backend.ml.series_head import HEAD_FEATURES, fit_series_head
+from backend.ml.voting import head_features, vote
 
 # 10 series: true / predicted (-1 = no prediction)
 TRUE = np.array([0, 0, 0, 1, 1, 1, 2, 2, 3, 3])
@@ -181,15 +181,17 @@ def test_f1_versus_r_rises_and_matches_the_inference_vote(method):
     assert curve.macro_f1[0, 29] == pytest.approx(direct)
 
 
-def _head_for(labels, slices):
+def _head_for(labels, slices, kind=HEAD_FEATURES):
     uids = list(labels)
-    features = np.stack([mean_logits(slices.probabilities[u]) for u in uids])
-    return fit_series_head(features, np.array([labels[u] for u in uids])).head
+    features = np.stack([head_features(slices.probabilities[u], kind=kind) for u in uids])
+    return fit_series_head(features, np.array([labels[u] for u in uids]), kind=kind).head
 
 
-def test_f1_versus_r_with_the_series_head_matches_the_inference_vote():
+@pytest.mark.parametrize("kind", ["weighted_mean_logits", "mean_logits"])
+def test_f1_versus_r_with_the_series_head_matches_the_inference_vote(kind):
     labels, slices = _synthetic_slices(accuracy=0.45)
-    head = _head_for(labels, slices)
+    head = _head_for(labels, slices, kind)
+    assert head.features == kind
     curve = fraction_curve(labels, slices, repeats=3, method="head", head=head)
     true = np.array(list(labels.values()))
     for column, fraction in ((29, 0.3), (99, 1.0)):

@@ -18,8 +18,8 @@ from backend.ml.network import Preset, build_manifest, create_network, load_mode
 from backend.ml.phases import PHASES
 from backend.ml.predict import PREDICTION_CSV_COLUMNS, PredictOptions, predict_many, predict_series
 from backend.ml.sampling import sample_indices
-from backend.ml.series_head import SeriesHead, mean_logits
-from backend.ml.voting import vote
+from backend.ml.series_head import SeriesHead
+from backend.ml.voting import head_features, vote
 
 ROWS = 24
 
@@ -271,7 +271,8 @@ def test_a_model_with_a_series_head_votes_with_it_everywhere(
     prediction = predict_series(model, series, classify_all=True)
     voted = prediction.slice_probabilities[prediction.voted]
     assert prediction.vote.method == "head"
-    expected = model.manifest.series_head.probabilities(mean_logits(voted))
+    head = model.manifest.series_head
+    expected = head.probabilities(head_features(voted, kind=head.features))
     assert prediction.phase == PHASES[int(expected.argmax())]
     assert prediction.confidence == pytest.approx(float(expected.max()), rel=1e-6)
     assert predict_series(model, series, method="weighted").vote == vote(voted, method="weighted")

@@ -10,25 +10,38 @@ import torch
 from backend.ml.phases import PHASES
 from backend.ml.series_head import (
     C_GRID,
+    HEAD_FEATURES,
     MIN_SERIES_PER_PHASE,
     SeriesHead,
     _balanced_weights,
     _newton,
     fit_series_head,
     fitting_problem,
-    mean_logits,
     stratified_folds,
 )
-from backend.ml.voting import resolve_voting, vote
+from backend.ml.voting import head_features, resolve_voting, vote
 from tests.training.synthetic import transitional_world
 
 OTHERS = PHASES.index("others")
 
 
-def test_mean_logits_clips_saturated_probabilities():
-    features = mean_logits(np.array([[0.0, 1.0, 0.5, 0.5], [0.0, 1.0, 0.5, 0.5]]))
-    assert np.all(np.isfinite(features))
-    np.testing.assert_allclose(features, [-13.8155, 13.8155, 0.0, 0.0], atol=1e-3)
+def test_head_features_clip_saturated_probabilities():
+    for kind in ("mean_logits", "weighted_mean_logits"):
+        features = head_features(np.array([[0.0, 1.0, 0.5, 0.5], [0.0, 1.0, 0.5, 0.5]]), kind=kind)
+        assert np.all(np.isfinite(features))
+        np.testing.assert_allclose(features, [-13.8155, 13.8155, 0.0, 0.0], atol=1e-3)
+
+
+def test_weighted_head_features_count_certain_slices_more():
+    certain = [0.001, 0.999, 0.001, 0.001]  # certainty ~1
+    unsure = [0.5, 0.5, 0.5, 0.5]  # certainty 0
+    probs = np.array([certain, unsure, unsure, unsure])
+    weighted = head_features(probs, kind="weighted_mean_logits")
+    plain = head_features(probs, kind="mean_logits")
+    np.testing.assert_allclose(weighted, np.log(np.array(certain) / (1 - np.array(certain))), atol=1e-9)
+    np.testing.assert_allclose(plain, weighted / 4, atol=1e-9)
+    only_unsure = head_features(np.array([unsure, unsure]), kind="weighted_mean_logits")
+    np.testing.assert_allclose(only_unsure, [0.0, 0.0, 0.0, 0.0])  # every weight 0: the plain mean
 
 
 def test_newton_reaches_the_optimum_a_generic_optimiser_finds():
@@ -74,7 +87,7 @@ def test_folds_are_stratified_and_seeded():
 
 def test_the_head_recognises_what_the_slice_vote_cannot():
     train, train_labels = transitional_world(20, seed=1)
-    fit = fit_series_head(np.stack([mean_logits(p) for p in train]), train_labels, seed=0)
+    fit = fit_series_head(np.stack([head_features(p, kind=HEAD_FEATURES) for p in train]), train_labels, seed=0)
     assert fit.head.c in C_GRID
     assert fit.n_folds == 5
     assert fit.out_of_fold.shape == (80, 4)
@@ -91,10 +104,10 @@ def test_the_head_recognises_what_the_slice_vote_cannot():
 
 def test_a_head_vote_reports_the_head_probabilities():
     train, labels = transitional_world(10, seed=5)
-    head = fit_series_head(np.stack([mean_logits(p) for p in train]), labels).head
+    head = fit_series_head(np.stack([head_features(p, kind=HEAD_FEATURES) for p in train]), labels).head
     slices = train[0]
     decided = vote(slices, method="head", head=head)
-    expected = head.probabilities(mean_logits(slices))
+    expected = head.probabilities(head_features(slices, kind=HEAD_FEATURES))
     assert decided.confidence == pytest.approx(float(expected.max()))
     assert decided.phase == PHASES[int(expected.argmax())]
     assert decided.n_slices_read == len(slices)
@@ -104,7 +117,7 @@ def test_a_head_vote_reports_the_head_probabilities():
 
 def test_voting_choices_resolve_by_whether_the_model_has_a_head():
     train, labels = transitional_world(5, seed=6)
-    head = fit_series_head(np.stack([mean_logits(p) for p in train]), labels).head
+    head = fit_series_head(np.stack([head_features(p, kind=HEAD_FEATURES) for p in train]), labels).head
     assert resolve_voting("auto", head) == "head"
     assert resolve_voting("auto", None) == "weighted"
     assert resolve_voting("majority", head) == "majority"

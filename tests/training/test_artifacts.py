@@ -103,6 +103,24 @@ def test_a_model_from_before_the_head_still_loads(tmp_path: Path, tiny_preset: P
         load_model(model_dir)
 
 
+def test_heads_record_what_they_read_and_heads_from_before_the_key_still_load(
+    tmp_path: Path, tiny_preset: Preset
+) -> None:
+    weighted = HEAD.model_copy(update={"features": "weighted_mean_logits"})
+    model_dir = _save(tmp_path, tiny_preset, name="weighted", head=weighted)
+    assert load_model(model_dir).manifest.series_head == weighted
+    _edit_manifest(model_dir, series_head=HEAD.model_dump())  # switched to the plain mean by hand: refused
+    with pytest.raises(ModelArtifactError, match="differs from the one recorded"):
+        load_model(model_dir)
+    legacy_dir = _save(tmp_path, tiny_preset, name="legacy", head=HEAD)  # a head written before the features key
+    data = json.loads((legacy_dir / MANIFEST_FILE).read_text())
+    assert data["series_head"].pop("features") == "mean_logits"
+    (legacy_dir / MANIFEST_FILE).write_text(json.dumps(data))
+    legacy = load_model(legacy_dir).manifest.series_head
+    assert legacy is not None
+    assert legacy.features == "mean_logits"
+
+
 def test_predict_proba_checks_the_input_shape(tmp_path: Path, tiny_preset: Preset) -> None:
     model = load_model(_save(tmp_path, tiny_preset))
     with pytest.raises(ValueError, match=r"\[n, 1, 32, 32\]"):

@@ -36,6 +36,8 @@ def test_cli_trains_a_loadable_model_on_phantoms(phantom_dataset: Path, tmp_path
             "0.25",
             "--cache-dir",
             str(tmp_path / "cache"),
+            "--head-data",
+            str(phantom_dataset),  # the training and validation series themselves: all left out of the head's set
             "--no-progress",
         ]
     )
@@ -43,6 +45,7 @@ def test_cli_trains_a_loadable_model_on_phantoms(phantom_dataset: Path, tmp_path
     manifest = json.loads((out / MANIFEST_FILE).read_text())
     assert manifest["preset"] == "cpu"
     assert manifest["metrics"]["n_val_series"] >= 1
+    assert manifest["metrics"]["series_head"]["n_head_only_series"] == 0
     model = load_model(out)
     examples = load_labeled_series(phantom_dataset, phantom_dataset / "labels.csv")
     series = examples[0].series
@@ -58,6 +61,17 @@ def test_cli_trains_a_loadable_model_on_phantoms(phantom_dataset: Path, tmp_path
     assert probs.shape == (3, 4)
     assert np.all((probs >= 0) & (probs <= 1))
     assert main(["train", str(phantom_dataset), "--out", str(out), "--no-progress"]) == 2  # never overwrites
+
+
+def test_head_data_options_are_checked(
+    phantom_dataset: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    base = ["train", str(phantom_dataset), "--out", str(tmp_path / "m"), "--no-progress"]
+    assert main([*base, "--head-labels", str(phantom_dataset / "labels.csv")]) == 2
+    assert "--head-labels needs --head-data" in capsys.readouterr().err
+    assert main([*base, "--head-data", str(tmp_path / "missing")]) == 2
+    assert "--head-data" in capsys.readouterr().err
+    assert not (tmp_path / "m").exists()
 
 
 def test_labels_that_match_no_series_are_refused(phantom_dataset: Path, tmp_path: Path) -> None:

@@ -59,6 +59,7 @@ def test_result_metrics_and_progress(tmp_path: Path, tiny_preset: Preset) -> Non
     assert metrics["series_head"] == {
         "adopted": False,
         "reason": "needs >= 5 validation series per phase, has [1, 1, 1, 1]",
+        "n_head_only_series": 0,
     }
     assert result.manifest.series_head is None
     assert len(result.val_studies) == 1
@@ -94,6 +95,29 @@ def test_fixed_validation_studies_are_removed_from_training(tmp_path: Path, tiny
     result = train_model(examples, out_dir=tmp_path / "m", config=_config(tiny_preset, tmp_path), val_examples=held_out)
     assert result.val_studies == ("1.2.4",)
     assert (result.metrics["n_train_series"], result.metrics["n_val_series"]) == (16, 4)
+
+
+def test_head_only_series_fit_the_series_head_and_are_never_trained_on(tmp_path: Path, tiny_preset: Preset) -> None:
+    examples = make_examples(4)
+    others = [e for e in make_examples(10) if e.series.study_instance_uid not in {"1.2.0", "1.2.1", "1.2.2", "1.2.3"}]
+    result = train_model(
+        examples,
+        out_dir=tmp_path / "m",
+        config=_config(tiny_preset, tmp_path, epochs=2),
+        head_examples=[*examples, *others],  # the training and validation series themselves are left out
+    )
+    metrics = result.metrics
+    assert (metrics["n_train_series"], metrics["n_val_series"]) == (12, 4)
+    head = metrics["series_head"]
+    assert (head["n_series"], head["n_head_only_series"]) == (4 + 24, 24)  # 7 series per phase: fitted
+    assert "cross-validated head macro F1" in head["reason"]
+    assert metrics["head_data_fingerprint"] is not None
+    assert (result.manifest.series_head is not None) == head["adopted"]
+    plain = train_model(examples, out_dir=tmp_path / "plain", config=_config(tiny_preset, tmp_path, epochs=2))
+    assert plain.metrics["head_data_fingerprint"] is None
+    assert plain.metrics["series_head"]["reason"].startswith("needs >= 5 validation series per phase")
+    a, b = _weights(plain.model_dir), _weights(result.model_dir)
+    assert all(torch.equal(a[k], b[k]) for k in a)  # head-only series never train the network
 
 
 def test_warm_start_and_its_refusal(tmp_path: Path, tiny_preset: Preset) -> None:

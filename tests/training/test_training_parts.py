@@ -173,8 +173,8 @@ def _cached_world(n_per_phase: int, *, seed: int) -> list[CachedSeries]:
 def _fit_head(series: list[CachedSeries], preset: Preset) -> tuple[object, dict[str, object]]:
     plan = _resolve(TrainConfig(preset=preset, device="cpu"))
     loss_fn = ClassWeightedBCE(torch.ones(4))
-    evaluation = evaluate_cached(_LogitsFromPixels(), series, plan=plan, loss_fn=loss_fn) if series else None
-    return fit_head_on_validation(series, evaluation, seed=0)
+    probs = evaluate_cached(_LogitsFromPixels(), series, plan=plan, loss_fn=loss_fn).probabilities if series else ()
+    return fit_head_on_validation(series, probs, seed=0)
 
 
 def test_the_series_head_is_adopted_where_it_beats_the_vote(tiny_preset: Preset) -> None:
