@@ -140,6 +140,26 @@ the two recipes tie on average, and the 640-series one (14.7 vs 17.7 minutes on 
 from more slices per vote (its input is a mean): 640-series model, mean of 5 samples per R on seed 71, 30 % 0.940,
 50 % 0.945, 100 % 0.942.
 
+Two changes to the head, measured on that 640-series network by refitting heads on its validation probabilities
+and applying them to the very R = 30 % slices ``ctphase predict`` voted on each seed (series macro F1; the first
+row is what the product scored): its input weighted by slice certainty, as the weighted vote weighs slices (a pelvis
+slice that cannot tell moves the mean less), and 400 more fitting series of other patients (100 per phase, seed 5,
+8 slices each, never trained on: 46 s of phantoms and ~5 s of decoding and inference here):
+
+===================================================== ======= ======= ======= ======= =======
+head input, fitted on                                  seed 71 seed 61 seed 41 seed 31 mean
+===================================================== ======= ======= ======= ======= =======
+mean logits, 120 validation series (previous head)     0.936   0.948   0.956   0.956   0.949
+mean logits, + 400 head-only series                    0.943   0.975   0.956   0.975   0.962
+certainty-weighted mean logits, validation series      0.949   0.955   0.962   0.969   0.959
+certainty-weighted, + 400 head-only series (starter)   0.943   0.968   0.956   0.975   0.961
+===================================================== ======= ======= ======= ======= =======
+
+The same four rows on a network trained with a +-4 HU offset augmentation instead of +-15 (slice macro F1 0.74-0.76
+instead of 0.71-0.73 on these seeds): 0.951, 0.955, 0.956, 0.966 on average; the series did not gain, so the
+augmentation that covers scanner calibration stays. Sub-phase outputs for early arterial, transitional and delayed as
+extra training targets (an auxiliary loss) did not teach the network transitional either (0-2 of 11 on seed 61).
+
 Balancing the sub-phases of "others" (a generator change measured here and not kept) fixes late arterial at the cost
 of delayed and never teaches transitional (0 of 12 even from ~50 transitional training series): what is left is the
 narrow transitional band between late arterial and portal venous, and early arterial, which the slice network does
