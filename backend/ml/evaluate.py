@@ -593,7 +593,8 @@ def _prefix_labels(
     """
     permuted = probs[order]
     if method == "head" and head is not None:
-        return np.asarray(np.argmax(head.probabilities(_prefix_head_features(permuted, sizes, head)), axis=1))
+        decided = head.probabilities(_prefix_head_features(permuted, sizes, head))
+        return np.asarray(np.argmax(decided, axis=1), dtype=np.int64)
     mean_sums = np.cumsum(permuted, axis=0)[sizes - 1]  # [r, 4], proportional to the means of each prefix
     if method == "mean":
         return np.asarray(np.argmax(mean_sums, axis=1), dtype=np.int64)

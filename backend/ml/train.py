@@ -505,7 +505,7 @@ def _macro_f1(true: NDArray[np.int64], predicted: NDArray[np.int64]) -> float:
     return float(scores_from_confusion(confusion_matrix(true, predicted))["macro_f1"])
 
 
-def fit_head_on_validation(
+def fit_head_on_held_out(
     series: Sequence[CachedSeries], probabilities: Sequence[NDArray[np.float32]], *, seed: int
 ) -> tuple[SeriesHead | None, dict[str, Any]]:
     """Fit the series head on held-out series; returns it (``None`` when not adopted) and what was measured.
@@ -991,7 +991,7 @@ def _fit_head(run: _Run, head_only: tuple[CachedSeries, ...]) -> tuple[SeriesHea
     """Fit the series head with the kept weights on the validation series plus the head-only series."""
     kept = run.best_evaluation.probabilities if run.best_evaluation is not None else ()
     extra = _slice_probabilities(run.network, head_only, plan=run.plan, loss_fn=run.loss_fn)[0] if head_only else []
-    head, metrics = fit_head_on_validation([*run.val, *head_only], [*kept, *extra], seed=run.config.seed)
+    head, metrics = fit_head_on_held_out([*run.val, *head_only], [*kept, *extra], seed=run.config.seed)
     return head, {**metrics, "n_head_only_series": len(head_only)}
 
 

@@ -20,7 +20,7 @@ from backend.ml.train import (
     _slice_probabilities,
     augment_batch,
     evaluate_cached,
-    fit_head_on_validation,
+    fit_head_on_held_out,
     pos_weight_from_counts,
     split_by_study,
     warmup_cosine_factor,
@@ -174,7 +174,7 @@ def _fit_head(series: list[CachedSeries], preset: Preset) -> tuple[object, dict[
     plan = _resolve(TrainConfig(preset=preset, device="cpu"))
     loss_fn = ClassWeightedBCE(torch.ones(4))
     probs = evaluate_cached(_LogitsFromPixels(), series, plan=plan, loss_fn=loss_fn).probabilities if series else ()
-    return fit_head_on_validation(series, probs, seed=0)
+    return fit_head_on_held_out(series, probs, seed=0)
 
 
 def test_the_series_head_is_adopted_where_it_beats_the_vote(tiny_preset: Preset) -> None:
