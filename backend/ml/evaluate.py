@@ -51,7 +51,7 @@ from numpy.typing import NDArray
 
 from backend.ml.phases import N_PHASES, PHASES, phase_index
 from backend.ml.sampling import sample_size, series_rng
-from backend.ml.series_head import SeriesHead, slice_logits
+from backend.ml.series_head import SeriesHead
 from backend.ml.voting import (
     DEFAULT_VOTING,
     FALLBACK_VOTING,
@@ -60,6 +60,7 @@ from backend.ml.voting import (
     VotingChoice,
     VotingMethod,
     certainty_weights,
+    prefix_head_features,
 )
 
 MISSING = N_PHASES
@@ -558,19 +559,6 @@ class FractionCurve:
     partial_series: int
 
 
-def _prefix_head_features(permuted: NDArray[Any], sizes: NDArray[Any], head: SeriesHead) -> NDArray[np.float64]:
-    """:func:`~backend.ml.voting.head_features` of every prefix ``permuted[:size]`` at once: float64 [r, 4]."""
-    logits = slice_logits(permuted)  # [k, 4]
-    plain = np.cumsum(logits, axis=0)[sizes - 1] / sizes[:, None]
-    if head.features == "mean_logits":
-        return np.asarray(plain, dtype=np.float64)
-    weights = certainty_weights(permuted)  # [k]
-    totals = np.cumsum(weights)[sizes - 1]  # [r]
-    sums = np.cumsum(weights[:, None] * logits, axis=0)[sizes - 1]
-    safe = np.where(totals > 0.0, totals, 1.0)[:, None]
-    return np.asarray(np.where(totals[:, None] > 0.0, sums / safe, plain), dtype=np.float64)
-
-
 def _prefix_labels(
     probs: NDArray[Any],
     sizes: NDArray[Any],
@@ -593,7 +581,7 @@ def _prefix_labels(
     """
     permuted = probs[order]
     if method == "head" and head is not None:
-        decided = head.probabilities(_prefix_head_features(permuted, sizes, head))
+        decided = head.probabilities(prefix_head_features(permuted, sizes, kind=head.features))
         return np.asarray(np.argmax(decided, axis=1), dtype=np.int64)
     mean_sums = np.cumsum(permuted, axis=0)[sizes - 1]  # [r, 4], proportional to the means of each prefix
     if method == "mean":

@@ -518,8 +518,10 @@ def fit_head_on_held_out(
         probabilities: float32 [k_i, 4] per series, the kept network's probabilities for every cached slice.
         seed: seeds the cross-validation folds.
     """
-    if not series:
+    pairs = [(item, p) for item, p in zip(series, probabilities, strict=True) if len(p) > 0]
+    if not pairs:
         return None, {"adopted": False, "reason": "no validation series"}
+    series, probabilities = [item for item, _ in pairs], [p for _, p in pairs]
     labels = np.asarray([item.label for item in series], dtype=np.int64)
     problem = fitting_problem(labels)
     if problem is not None:

@@ -148,12 +148,27 @@ def head_features(probs: NDArray[Any], *, kind: HeadFeatures) -> NDArray[np.floa
     Returns:
         float64 [4].
     """
-    logits = slice_logits(probs)
+    return np.asarray(prefix_head_features(probs, np.asarray([len(probs)]), kind=kind)[0], dtype=np.float64)
+
+
+def prefix_head_features(probs: NDArray[Any], sizes: NDArray[Any], *, kind: HeadFeatures) -> NDArray[np.float64]:
+    """:func:`head_features` of every prefix ``probs[:size]`` at once (the F1-versus-R curve re-votes prefixes).
+
+    Args:
+        probs: float [k, 4] slice probabilities in [0, 1].
+        sizes: int [r] prefix lengths, each in [1, k].
+        kind: which features.
+
+    Returns:
+        float64 [r, 4].
+    """
+    logits = slice_logits(probs)  # [k, 4]
     weights = certainty_weights(probs) if kind == "weighted_mean_logits" else np.ones(len(logits))
-    total = float(weights.sum())
-    if total <= 0.0:
-        return np.asarray(logits.mean(axis=0), dtype=np.float64)
-    return np.asarray((weights[:, None] * logits).sum(axis=0) / total, dtype=np.float64)
+    totals = np.cumsum(weights)[sizes - 1]  # [r]
+    sums = np.cumsum(weights[:, None] * logits, axis=0)[sizes - 1]  # [r, 4]
+    plain = np.cumsum(logits, axis=0)[sizes - 1] / sizes[:, None]
+    safe = np.where(totals > 0.0, totals, 1.0)[:, None]
+    return np.asarray(np.where(totals[:, None] > 0.0, sums / safe, plain), dtype=np.float64)
 
 
 def weighted_votes(probs: NDArray[Any]) -> NDArray[np.float64]:
