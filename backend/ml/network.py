@@ -13,7 +13,9 @@ classes are not :data:`~backend.ml.phases.PHASES` in order, or whose format vers
 reader never sees a half-written model folder.
 
 Presets (``PRESETS``), measured on a shared 2-core AMD EPYC (torch 2.14.1 CPU, batch 32, 2 threads, images/s,
-inference channels_last fp32 / bf16 autocast; training fp32 contiguous):
+inference channels_last fp32 / bf16 autocast; training fp32 contiguous; training in channels_last was 6x slower on
+that host and 1.5x faster on a later 2-core AMD EPYC (Zen 4), so ``backend.ml.train`` measures which to use,
+``bench/train_step.py`` compares them):
 
 ============================ ============== =================
 network @ input               inference      training

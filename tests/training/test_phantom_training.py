@@ -38,12 +38,16 @@ def test_cli_trains_a_loadable_model_on_phantoms(phantom_dataset: Path, tmp_path
             str(tmp_path / "cache"),
             "--head-data",
             str(phantom_dataset),  # the training and validation series themselves: all left out of the head's set
+            "--memory-format",
+            "channels_last",
             "--no-progress",
         ]
     )
     assert code == 0
     manifest = json.loads((out / MANIFEST_FILE).read_text())
     assert manifest["preset"] == "cpu"
+    assert manifest["metrics"]["memory_format"] == "channels_last"  # pinned: no probe
+    assert manifest["metrics"]["probe_steps_per_second"] is None
     assert manifest["metrics"]["n_val_series"] >= 1
     assert manifest["metrics"]["series_head"]["n_head_only_series"] == 0
     model = load_model(out)

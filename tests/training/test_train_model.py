@@ -10,14 +10,28 @@ import torch
 
 from backend.ml.network import ModelArtifactError, Preset, load_model
 from backend.ml.phases import PHASES
-from backend.ml.train import TrainConfig, TrainingCancelled, TrainProgress, train_model
+from backend.ml.train import (
+    CHANNELS_LAST_MIN_SPEEDUP,
+    TrainConfig,
+    TrainingCancelled,
+    TrainProgress,
+    train_model,
+)
 from tests.training.synthetic import make_examples
 
 pytestmark = pytest.mark.usefixtures("fake_loader")
 
 
 def _config(preset: Preset, tmp_path: Path, **changes: object) -> TrainConfig:
-    base = TrainConfig(preset=preset, seed=7, device="cpu", cache_dir=tmp_path / "cache", val_fraction=0.25)
+    """A pinned memory format: ``auto`` measures, and tests compare the weights of separate runs."""
+    base = TrainConfig(
+        preset=preset,
+        seed=7,
+        device="cpu",
+        cache_dir=tmp_path / "cache",
+        val_fraction=0.25,
+        memory_format="contiguous",
+    )
     return dataclasses.replace(base, **changes)
 
 
@@ -35,6 +49,36 @@ def test_same_seed_gives_identical_weights(tmp_path: Path, tiny_preset: Preset) 
     assert all(torch.equal(a[k], b[k]) for k in a)
     assert not all(torch.equal(a[k], c[k]) for k in a)
     assert first.manifest.weights_sha256 != other.manifest.weights_sha256
+
+
+def test_auto_memory_format_is_measured_recorded_and_changes_nothing_else(tmp_path: Path, tiny_preset: Preset) -> None:
+    examples = make_examples(4)
+    auto = train_model(examples, out_dir=tmp_path / "auto", config=_config(tiny_preset, tmp_path, memory_format="auto"))
+    chosen = auto.metrics["memory_format"]
+    assert chosen in ("channels_last", "contiguous")
+    rates = auto.metrics["probe_steps_per_second"]
+    assert set(rates) == {"channels_last", "contiguous"}
+    assert min(rates.values()) > 0
+    assert (chosen == "channels_last") == (rates["channels_last"] >= CHANNELS_LAST_MIN_SPEEDUP * rates["contiguous"])
+    pinned = train_model(
+        examples, out_dir=tmp_path / "pinned", config=_config(tiny_preset, tmp_path, memory_format=chosen)
+    )
+    assert pinned.metrics["memory_format"] == chosen
+    assert pinned.metrics["probe_steps_per_second"] is None
+    a, b = _weights(auto.model_dir), _weights(pinned.model_dir)
+    assert all(torch.equal(a[k], b[k]) for k in a)  # the probe draws no random numbers and trains a copy
+
+
+def test_channels_last_training_learns_the_same_task(tmp_path: Path, tiny_preset: Preset) -> None:
+    examples = make_examples(4)
+    config = _config(tiny_preset, tmp_path, memory_format="channels_last")
+    first = train_model(examples, out_dir=tmp_path / "a", config=config)
+    second = train_model(examples, out_dir=tmp_path / "b", config=config)
+    contiguous = train_model(examples, out_dir=tmp_path / "c", config=_config(tiny_preset, tmp_path))
+    assert first.metrics["memory_format"] == "channels_last"
+    a, b, c = _weights(first.model_dir), _weights(second.model_dir), _weights(contiguous.model_dir)
+    assert all(torch.equal(a[k], b[k]) for k in a)  # deterministic for a pinned format
+    assert all(torch.allclose(a[k].float(), c[k].float(), atol=1e-2, rtol=1e-2) for k in a)  # other kernels
 
 
 def test_result_metrics_and_progress(tmp_path: Path, tiny_preset: Preset) -> None:
@@ -139,5 +183,8 @@ def test_existing_output_and_bad_settings_are_refused(tmp_path: Path, tiny_prese
         train_model(make_examples(2), out_dir=tmp_path / "m", config=_config(tiny_preset, tmp_path))
     with pytest.raises(ValueError, match="batch_size"):
         train_model(make_examples(2), out_dir=tmp_path / "n", config=_config(tiny_preset, tmp_path, batch_size=1))
+    bad = _config(tiny_preset, tmp_path, memory_format="nhwc")
+    with pytest.raises(ValueError, match="memory_format"):
+        train_model(make_examples(2), out_dir=tmp_path / "n", config=bad)
     with pytest.raises(ValueError, match="unknown preset"):
         train_model(make_examples(2), out_dir=tmp_path / "n", config=TrainConfig(preset="huge"))
