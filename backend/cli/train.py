@@ -69,7 +69,7 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
         help="create a demo model from phantoms (cpu preset) unless MODEL_DIR already holds one",
         description=(
             "If MODEL_DIR holds no model: generate phantom series (or reuse --phantoms) and train the cpu preset "
-            "on them; 10-15 minutes on 2 CPU cores. Same as "
+            "on them; 9-15 minutes on 2 CPU cores. Same as "
             "`ctphase phantom P --n-per-class 160 --seed 1 --max-slices 8 --compression none`, "
             "`ctphase phantom H --n-per-class 100 --seed 9001 --max-slices 8 --compression none` (head-only series) "
             "then `ctphase train P --labels P/labels.csv --out MODEL_DIR --preset cpu --seed 1 --slices-per-series 4 "
