@@ -581,8 +581,14 @@ def _to_device(images: torch.Tensor, plan: _Plan) -> torch.Tensor:
     return images.to(plan.device, non_blocking=True).contiguous(memory_format=plan.memory_format)
 
 
-def _probe_steps_per_second(network: nn.Module, *, plan: _Plan, memory_format: torch.memory_format) -> float:
-    """Training steps per second (forward, loss, backward, SGD update) of a copy of ``network`` in a format."""
+def probe_steps_per_second(
+    network: nn.Module, *, plan: _Plan, memory_format: torch.memory_format, steps: int = _PROBE_STEPS
+) -> float:
+    """Training steps per second (forward, loss, backward, SGD update) of a copy of ``network`` in a format.
+
+    The fastest of ``steps`` timed steps counts (after one untimed step that selects kernels and allocates); the
+    input is a fixed [batch, channels, S, S] ramp, so no random numbers are drawn.
+    """
     preset = plan.preset
     shape = (plan.batch_size, preset.in_chans, preset.image_size, preset.image_size)
     images = torch.linspace(0.0, 1.0, math.prod(shape)).reshape(shape).to(plan.device)
@@ -591,12 +597,12 @@ def _probe_steps_per_second(network: nn.Module, *, plan: _Plan, memory_format: t
     model = copy.deepcopy(network).to(memory_format=memory_format).train()
     optimizer = torch.optim.SGD(model.parameters(), lr=1e-3)
     seconds = math.inf
-    for step in range(1 + _PROBE_STEPS):
+    for step in range(1 + steps):
         started = time.perf_counter()
         optimizer.zero_grad(set_to_none=True)
         torch.autograd.backward(nnf.binary_cross_entropy_with_logits(model(images).float(), targets))
         optimizer.step()
-        if step > 0:  # the first step selects kernels and allocates
+        if step > 0:
             seconds = min(seconds, time.perf_counter() - started)
     return 1.0 / seconds
 
@@ -623,7 +629,7 @@ def choose_memory_format(
     with torch.random.fork_rng(devices=[]):  # dropout in the probe must not move the run's random stream
         for _ in range(2):
             for name, memory_format in MEMORY_FORMATS.items():
-                rate = _probe_steps_per_second(network, plan=plan, memory_format=memory_format)
+                rate = probe_steps_per_second(network, plan=plan, memory_format=memory_format)
                 rates[name] = max(rates[name], rate)
     name = (
         "channels_last" if rates["channels_last"] >= CHANNELS_LAST_MIN_SPEEDUP * rates["contiguous"] else "contiguous"
