@@ -24,6 +24,7 @@ from typing import Annotated, Any, Final, Literal
 from pydantic import Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
+from backend.ml.sampling import DEFAULT_FRACTION, DEFAULT_MIN_SLICES, DEFAULT_SECOND_LOOK_FRACTION
 from backend.ml.voting import DEFAULT_VOTING, VotingChoice
 
 DEFAULT_SECRET: Final[str] = "changethis"  # noqa: S105  (the refused development default)
@@ -84,8 +85,15 @@ class Settings(BaseSettings):
     fetch_max_bytes: int = Field(default=2 * 1024**3, gt=0, description="largest series download, bytes")
 
     # --- inference ----------------------------------------------------------------------------------------------
-    sample_fraction: float = Field(default=0.3, gt=0.0, le=1.0)
-    min_slices: int = Field(default=8, ge=1)
+    sample_fraction: float = Field(default=DEFAULT_FRACTION, gt=0.0, le=1.0)
+    min_slices: int = Field(default=DEFAULT_MIN_SLICES, ge=1)
+    second_look_below: float | None = Field(
+        default=None,
+        ge=0.0,
+        le=1.0,
+        description="vote again on a wider sample below this confidence (unset: 0.8 for a series head, else never)",
+    )
+    second_look_fraction: float = Field(default=DEFAULT_SECOND_LOOK_FRACTION, gt=0.0, le=1.0)
     voting: VotingChoice = DEFAULT_VOTING
     device: str = "auto"
     torch_threads: int | None = Field(default=None, ge=1)

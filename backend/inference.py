@@ -272,7 +272,11 @@ class InferenceService:
             )
             method = FALLBACK_VOTING
         options = PredictOptions(
-            sample_fraction=self._settings.sample_fraction, min_slices=self._settings.min_slices, method=method
+            sample_fraction=self._settings.sample_fraction,
+            min_slices=self._settings.min_slices,
+            method=method,
+            second_look_below=self._settings.second_look_below,
+            second_look_fraction=self._settings.second_look_fraction,
         )
         return list(predict_many(model, [item.series for item in ready], options=options))
 
@@ -294,6 +298,7 @@ class InferenceService:
             **priority.as_components(),
             "confidence": round(vote.confidence, 6),
             "voting": vote.method,
+            "second_look": prediction.second_look,
             "prior_confidence": item.prior.confidence,
             "prior_evidence": list(item.prior.evidence),
         }

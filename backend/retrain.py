@@ -436,7 +436,11 @@ def holdout_macro_f1(model_dir: Path, holdout: Sequence[LabeledSeries], *, setti
 
     model = load_model(model_dir, device=settings.device)
     options = PredictOptions(
-        sample_fraction=settings.sample_fraction, min_slices=settings.min_slices, method=gate_voting(settings.voting)
+        sample_fraction=settings.sample_fraction,
+        min_slices=settings.min_slices,
+        method=gate_voting(settings.voting),
+        second_look_below=settings.second_look_below,
+        second_look_fraction=settings.second_look_fraction,
     )
     outcomes = list(predict_many(model, [e.series for e in holdout], options=options))
     truth = np.array([phase_index(e.phase) for e in holdout], dtype=np.int64)

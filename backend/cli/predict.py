@@ -14,6 +14,13 @@ def _fraction(text: str) -> float:
     return value
 
 
+def _probability(text: str) -> float:
+    value = float(text)
+    if not (0.0 <= value <= 1.0):
+        raise argparse.ArgumentTypeError(f"must be in [0, 1], got {text}")
+    return value
+
+
 def _positive_int(text: str) -> int:
     value = int(text)
     if value < 1:
@@ -46,6 +53,21 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
         help="series vote: head (the model's series head on the mean slice logits), weighted (majority, each "
         "slice's vote weighted by its certainty), majority (the paper's) or mean (of the probabilities); "
         f"auto: head where the model has one, else weighted (default {DEFAULT_VOTING})",
+    )
+    predict.add_argument(
+        "--second-look-below",
+        type=_probability,
+        default=None,
+        metavar="CONFIDENCE",
+        help="vote again on a wider sample (--second-look-fraction) when the first vote's confidence is below this; "
+        "0 never (the paper's single sample); default: 0.8 for series decided by a series head, never for the "
+        "vote-share rules",
+    )
+    predict.add_argument(
+        "--second-look-fraction",
+        type=_fraction,
+        default=None,
+        help="share of the slices that vote in a second look, in (0, 1] (default 1.0: all of them)",
     )
     predict.add_argument(
         "--slices-out",
@@ -115,7 +137,7 @@ def _run_predict(args: argparse.Namespace) -> int:
         prediction_row,
         slice_rows,
     )
-    from backend.ml.sampling import DEFAULT_FRACTION, DEFAULT_MIN_SLICES
+    from backend.ml.sampling import DEFAULT_FRACTION, DEFAULT_MIN_SLICES, DEFAULT_SECOND_LOOK_FRACTION
     from backend.ml.voting import resolve_voting
 
     root = Path(args.path)
@@ -140,11 +162,13 @@ def _run_predict(args: argparse.Namespace) -> int:
         method=args.voting,
         chunk_size=args.chunk_size,
         classify_all=args.slices_out is not None,
+        second_look_below=args.second_look_below,
+        second_look_fraction=args.second_look_fraction or DEFAULT_SECOND_LOOK_FRACTION,
     )
     out_path = Path(args.out)
     out_path.parent.mkdir(parents=True, exist_ok=True)
     slices_path = Path(args.slices_out) if args.slices_out else None
-    n_errors = 0
+    n_errors = n_second_looks = 0
     with out_path.open("w", newline="") as out_file:
         writer = csv.DictWriter(out_file, fieldnames=PREDICTION_CSV_COLUMNS)
         writer.writeheader()
@@ -157,13 +181,18 @@ def _run_predict(args: argparse.Namespace) -> int:
             for outcome in tqdm(outcomes, total=len(found.series), unit="series", disable=args.no_progress):
                 writer.writerow(prediction_row(outcome, model_sha256=model.manifest.weights_sha256))
                 n_errors += outcome.error is not None
+                n_second_looks += outcome.prediction is not None and outcome.prediction.second_look
                 if slice_writer is not None and outcome.prediction is not None:
                     slice_writer.writerows(slice_rows(outcome.prediction))
         finally:
             if slice_file is not None:
                 slice_file.close()
     n_series = len(found.series)
-    print(f"{n_series} series, {n_errors} errors, {len(found.skipped)} skipped files -> {out_path}", file=sys.stderr)
+    print(
+        f"{n_series} series, {n_errors} errors, {n_second_looks} second looks, {len(found.skipped)} skipped files "
+        f"-> {out_path}",
+        file=sys.stderr,
+    )
     if n_series == 0:
         print(f"ctphase predict: no readable CT series under {root}", file=sys.stderr)
         return 1

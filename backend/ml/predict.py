@@ -13,6 +13,13 @@ For evaluation, ``classify_all=True`` runs the network on every slice but still 
 the per-slice probabilities of the whole series are kept in :attr:`SeriesPrediction.slice_probabilities`, so the
 F1-versus-R curve can later be derived by sub-sampling them with :func:`~backend.ml.sampling.sample_indices` at each
 R, without running the network again.
+
+A **second look**: a series decided by its model's series head with a confidence below ``second_look_below`` (see
+:data:`~backend.ml.sampling.DEFAULT_SECOND_LOOK_BELOW`) is voted again on a wider nested sample
+(``second_look_fraction`` of its slices, all by default). The wider sample holds the first one, so only the new
+slices are decoded (none with ``classify_all``, which keeps evaluation runs and plain runs in agreement). The extra
+decoding runs on the consuming thread while the producer keeps decoding the next series. If a new slice cannot be
+read, the series keeps its first vote (logged); a network failure propagates as before.
 """
 
 from __future__ import annotations
@@ -31,13 +38,18 @@ import numpy as np
 from numpy.typing import NDArray
 
 from backend.ml.phases import N_PHASES, PHASES, Phase
-from backend.ml.sampling import DEFAULT_FRACTION, DEFAULT_MIN_SLICES, sample_indices
-from backend.ml.voting import DEFAULT_VOTING, SeriesVote, VotingChoice, resolve_voting, vote
+from backend.ml.sampling import (
+    DEFAULT_FRACTION,
+    DEFAULT_MIN_SLICES,
+    DEFAULT_SECOND_LOOK_BELOW,
+    DEFAULT_SECOND_LOOK_FRACTION,
+    sample_indices,
+)
+from backend.ml.voting import DEFAULT_VOTING, SeriesVote, VotingChoice, VotingMethod, resolve_voting, vote
 
 if TYPE_CHECKING:
     from backend.ml.dicom import SeriesInfo
     from backend.ml.network import LoadedModel
-    from backend.ml.series_head import SeriesHead
 
 logger = logging.getLogger(__name__)
 
@@ -69,12 +81,13 @@ class SeriesPrediction:
         study_instance_uid: StudyInstanceUID.
         vote: the series decision (see :mod:`backend.ml.voting`).
         n_slices: slices in the series.
-        n_sampled: slices that voted (the R% sample).
+        n_sampled: slices that voted (the R% sample, or the wider sample of a second look).
         seconds: wall time from the start of reading this series to its vote (in a stream, reading overlaps with
             the previous series' inference, so these do not add up to the total).
         slice_indices: int64 [k], positions (in the sorted series) of the slices the network classified.
         slice_probabilities: float32 [k, 4], the network's sigmoid probabilities for those slices.
         voted: bool [k], which of those slices are in the sample that voted (all True unless ``classify_all``).
+        second_look: the first vote was unsure and the series was voted again on a wider sample.
     """
 
     series_instance_uid: str
@@ -86,6 +99,7 @@ class SeriesPrediction:
     slice_indices: NDArray[Any] = field(default_factory=_empty_indices, compare=False, repr=False)
     slice_probabilities: NDArray[Any] = field(default_factory=_empty_probs, compare=False, repr=False)
     voted: NDArray[Any] = field(default_factory=_empty_mask, compare=False, repr=False)
+    second_look: bool = False
 
     @property
     def phase(self) -> Phase:
@@ -135,6 +149,10 @@ class PredictOptions:
         queue_depth: decoded chunks the producer thread may hold ahead of the network.
         advise_kernel: before decoding a series, tell the kernel (``posix_fadvise(WILLNEED)``) which files will be
             read, so that cold files are fetched in parallel by asynchronous readahead instead of one at a time.
+        second_look_below: vote again on a wider sample when the first vote's confidence is below this; None:
+            :data:`~backend.ml.sampling.DEFAULT_SECOND_LOOK_BELOW` for series decided by a series head, no second
+            look for the vote-share rules (see :func:`second_look_threshold`); 0 disables it.
+        second_look_fraction: share of the slices that vote in a second look, in (0, 1].
     """
 
     sample_fraction: float = DEFAULT_FRACTION
@@ -144,6 +162,8 @@ class PredictOptions:
     classify_all: bool = False
     queue_depth: int = DEFAULT_QUEUE_DEPTH
     advise_kernel: bool = True
+    second_look_below: float | None = None
+    second_look_fraction: float = DEFAULT_SECOND_LOOK_FRACTION
 
     def __post_init__(self) -> None:
         if not (0.0 < self.sample_fraction <= 1.0):
@@ -154,6 +174,24 @@ class PredictOptions:
             raise ValueError(f"chunk_size must be >= 1, got {self.chunk_size}")
         if self.queue_depth < 1:
             raise ValueError(f"queue_depth must be >= 1, got {self.queue_depth}")
+        if self.second_look_below is not None and not (0.0 <= self.second_look_below <= 1.0):
+            raise ValueError(f"second_look_below must be in [0, 1], got {self.second_look_below}")
+        if not (0.0 < self.second_look_fraction <= 1.0):
+            raise ValueError(f"second_look_fraction must be in (0, 1], got {self.second_look_fraction}")
+
+
+def second_look_threshold(below: float | None, *, rule: VotingMethod) -> float:
+    """The confidence under which a series decided by ``rule`` gets a second look (0: never).
+
+    Args:
+        below: an explicit threshold (any rule), or None for the default: :data:`DEFAULT_SECOND_LOOK_BELOW` when
+            the series head decides, 0 for ``weighted``, ``majority`` and ``mean``, whose confidences are vote
+            shares that a 4-class slice vote rarely takes above 0.8.
+        rule: the voting rule that decides (after ``auto`` is resolved).
+    """
+    if below is not None:
+        return below
+    return DEFAULT_SECOND_LOOK_BELOW if rule == "head" else 0.0
 
 
 # --- messages from the producer thread to the consumer -------------------------------------------------------
@@ -238,29 +276,74 @@ def advise_willneed(paths: Iterable[Path]) -> None:
             os.close(fd)
 
 
-class _Producer:
-    """Reads series and decodes their chunks on a background thread, feeding a bounded queue."""
+class _Decoder:
+    """Decodes, windows and resizes chunks of slices into network input, reusing its buffers (one per thread)."""
 
     def __init__(
         self,
-        sources: Iterable[SeriesInfo | Path],
         *,
-        options: PredictOptions,
         windows: Sequence[tuple[float, float]],
         image_size: int,
         crop_body: bool,
         resize_first: bool,
+        chunk_size: int,
     ) -> None:
-        self._sources = sources
-        self._crop_body = crop_body
-        self._resize_first = resize_first
-        self._options = options
         self._windows = tuple((float(c), float(w)) for c, w in windows)
         self._image_size = image_size
+        self._crop_body = crop_body
+        self._resize_first = resize_first
+        self._chunk_size = chunk_size
+        self._buffer_cache: tuple[NDArray[np.float32], NDArray[np.float32] | None] | None = None
+
+    @classmethod
+    def for_model(cls, model: LoadedModel, *, chunk_size: int) -> _Decoder:
+        """A decoder producing ``model``'s input (its manifest's windows and size, its crop and resize order)."""
+        return cls(
+            windows=[(float(c), float(w)) for c, w in model.manifest.windows],
+            image_size=int(model.manifest.image_size),
+            crop_body=model.crop_body,
+            resize_first=model.resize_first,
+            chunk_size=chunk_size,
+        )
+
+    def _buffers(self, series: SeriesInfo) -> tuple[NDArray[np.float32], NDArray[np.float32] | None]:
+        """HU and windowed float32 buffers [chunk, rows, cols] / [chunk, c, rows, cols], reused across chunks.
+
+        No windowed buffer when the model resizes before windowing (it windows the small image).
+        """
+        shape = (self._chunk_size, series.rows, series.columns)
+        if self._buffer_cache is None or self._buffer_cache[0].shape != shape:
+            windowed = None if self._resize_first else np.empty((shape[0], len(self._windows), *shape[1:]), np.float32)
+            self._buffer_cache = (np.empty(shape, dtype=np.float32), windowed)
+        return self._buffer_cache
+
+    def load(self, series: SeriesInfo, indices: list[int]) -> NDArray[np.float32]:
+        """Decode, window and resize at most ``chunk_size`` slices: float32 [m, c, S, S] in [0, 1] (a fresh array)."""
+        from backend.ml.dicom import read_hu, to_network_input
+
+        hu_buffer, window_buffer = self._buffers(series)
+        m = len(indices)
+        hu = read_hu(series, indices, out=hu_buffer[:m])
+        return to_network_input(
+            hu,
+            windows=self._windows,
+            image_size=self._image_size,
+            crop_body=self._crop_body,
+            resize_first=self._resize_first,
+            window_buffer=None if window_buffer is None else window_buffer[:m],
+        )
+
+
+class _Producer:
+    """Reads series and decodes their chunks on a background thread, feeding a bounded queue."""
+
+    def __init__(self, sources: Iterable[SeriesInfo | Path], *, options: PredictOptions, decoder: _Decoder) -> None:
+        self._sources = sources
+        self._options = options
+        self._decoder = decoder
         self.queue: queue.Queue[_Message] = queue.Queue(maxsize=options.queue_depth)
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name="ctphase-decode", daemon=True)
-        self._buffer_cache: tuple[NDArray[np.float32], NDArray[np.float32] | None] | None = None
 
     def start(self) -> None:
         self._thread.start()
@@ -297,33 +380,6 @@ class _Producer:
             except _StoppedError:
                 return
 
-    def _buffers(self, series: SeriesInfo) -> tuple[NDArray[np.float32], NDArray[np.float32] | None]:
-        """HU and windowed float32 buffers [chunk, rows, cols] / [chunk, c, rows, cols], reused across chunks.
-
-        No windowed buffer when the model resizes before windowing (it windows the small image).
-        """
-        shape = (self._options.chunk_size, series.rows, series.columns)
-        if self._buffer_cache is None or self._buffer_cache[0].shape != shape:
-            windowed = None if self._resize_first else np.empty((shape[0], len(self._windows), *shape[1:]), np.float32)
-            self._buffer_cache = (np.empty(shape, dtype=np.float32), windowed)
-        return self._buffer_cache
-
-    def _load(self, series: SeriesInfo, indices: list[int]) -> NDArray[np.float32]:
-        """Decode, window and resize one chunk: float32 [m, c, S, S] in [0, 1] (a fresh array: it is queued)."""
-        from backend.ml.dicom import read_hu, to_network_input
-
-        hu_buffer, window_buffer = self._buffers(series)
-        m = len(indices)
-        hu = read_hu(series, indices, out=hu_buffer[:m])
-        return to_network_input(
-            hu,
-            windows=self._windows,
-            image_size=self._image_size,
-            crop_body=self._crop_body,
-            resize_first=self._resize_first,
-            window_buffer=None if window_buffer is None else window_buffer[:m],
-        )
-
     def _one(self, key: int, source: SeriesInfo | Path) -> None:
         from backend.ml.dicom import read_series
 
@@ -341,7 +397,7 @@ class _Producer:
             step = self._options.chunk_size
             for begin in range(0, classified.shape[0], step):
                 chunk = classified[begin : begin + step].tolist()
-                images = self._load(series, chunk)
+                images = self._decoder.load(series, chunk)
                 self._put(_Chunk(key, images))
             self._put(_SeriesEnd(key))
         except _StoppedError:
@@ -364,27 +420,81 @@ def _outcome_error(failed: _SeriesFailed) -> SeriesOutcome:
     )
 
 
+@dataclass(frozen=True)
+class _Read:
+    """The slices of one series that the network has classified so far."""
+
+    classified: NDArray[Any]  # int64 [k], sorted slice positions
+    probabilities: NDArray[Any]  # float32 [k, 4]
+    voted: NDArray[Any]  # bool [k], the slices that vote
+
+
+def _second_look(
+    start: _SeriesStart, read: _Read, *, model: LoadedModel, decoder: _Decoder, options: PredictOptions
+) -> _Read | None:
+    """``read`` widened to the second-look sample, decoding only the slices not yet classified.
+
+    Returns:
+        The widened read, or None when the wider sample adds no slice or one of its new slices cannot be read (the
+        series then keeps its first vote; the failure is logged without identifiers).
+    """
+    series = start.series
+    wider = sample_indices(
+        series.n_slices,
+        series_uid=series.series_instance_uid,
+        fraction=max(options.second_look_fraction, options.sample_fraction),
+        min_slices=options.min_slices,
+    )
+    if wider.shape[0] <= int(read.voted.sum()):
+        return None
+    new = np.setdiff1d(wider, read.classified, assume_unique=True)
+    rows = [read.probabilities]
+    for begin in range(0, new.shape[0], options.chunk_size):
+        try:
+            images = decoder.load(series, new[begin : begin + options.chunk_size].tolist())
+        except Exception as exc:  # a reading failure of the new slices: the first vote stands
+            logger.warning("second look abandoned, the first vote stands: %s", type(exc).__name__)
+            return None
+        rows.append(np.asarray(model.predict_proba(images), dtype=np.float32))
+    classified = np.concatenate([read.classified, new])
+    order = np.argsort(classified, kind="stable")
+    return _Read(
+        classified=classified[order],
+        probabilities=np.concatenate(rows, axis=0)[order],
+        voted=np.isin(classified[order], wider),
+    )
+
+
 def _finish(
-    start: _SeriesStart, probs: list[NDArray[Any]], *, method: VotingChoice, head: SeriesHead | None
+    start: _SeriesStart, probs: list[NDArray[Any]], *, model: LoadedModel, decoder: _Decoder, options: PredictOptions
 ) -> SeriesOutcome:
     series = start.series
+    head = model.manifest.series_head
     slice_probs = np.concatenate(probs, axis=0) if probs else _empty_probs()
     if slice_probs.shape[0] != start.classified.shape[0]:
         raise RuntimeError(
             f"series {series.series_instance_uid}: the network returned {slice_probs.shape[0]} rows for "
             f"{start.classified.shape[0]} slices"
         )
-    series_vote = vote(slice_probs[start.voted], method=method, head=head)
+    read = _Read(classified=start.classified, probabilities=slice_probs.astype(np.float32), voted=start.voted)
+    series_vote = vote(read.probabilities[read.voted], method=options.method, head=head)
+    wider = None
+    if series_vote.confidence < second_look_threshold(options.second_look_below, rule=series_vote.method):
+        wider = _second_look(start, read, model=model, decoder=decoder, options=options)
+    if wider is not None:
+        read = wider
+        series_vote = vote(read.probabilities[read.voted], method=options.method, head=head)
     prediction = SeriesPrediction(
         series_instance_uid=series.series_instance_uid,
         study_instance_uid=series.study_instance_uid,
         vote=series_vote,
         n_slices=series.n_slices,
-        n_sampled=int(start.voted.sum()),
+        n_sampled=int(read.voted.sum()),
         seconds=time.perf_counter() - start.started,
-        slice_indices=start.classified,
-        slice_probabilities=slice_probs.astype(np.float32, copy=False),
-        voted=start.voted,
+        slice_indices=read.classified,
+        slice_probabilities=read.probabilities,
+        voted=read.voted,
+        second_look=wider is not None,
     )
     return SeriesOutcome(
         source=start.source,
@@ -420,14 +530,8 @@ def predict_many(
     """
     options = options or PredictOptions()
     resolve_voting(options.method, model.manifest.series_head)
-    producer = _Producer(
-        sources,
-        options=options,
-        windows=[(float(c), float(w)) for c, w in model.manifest.windows],
-        image_size=int(model.manifest.image_size),
-        crop_body=model.crop_body,
-        resize_first=model.resize_first,
-    )
+    producer = _Producer(sources, options=options, decoder=_Decoder.for_model(model, chunk_size=options.chunk_size))
+    second_look_decoder = _Decoder.for_model(model, chunk_size=options.chunk_size)
     producer.start()
     current: _SeriesStart | None = None
     probs: list[NDArray[Any]] = []
@@ -445,7 +549,7 @@ def predict_many(
             elif isinstance(message, _SeriesEnd):
                 if current is None or current.key != message.key:
                     raise RuntimeError("decode stream out of order: series end without its start")
-                yield _finish(current, probs, method=options.method, head=model.manifest.series_head)
+                yield _finish(current, probs, model=model, decoder=second_look_decoder, options=options)
                 current, probs = None, []
             else:
                 current, probs = None, []
@@ -463,6 +567,8 @@ def predict_series(
     method: VotingChoice = DEFAULT_VOTING,
     chunk_size: int = DEFAULT_CHUNK_SIZE,
     classify_all: bool = False,
+    second_look_below: float | None = None,
+    second_look_fraction: float = DEFAULT_SECOND_LOOK_FRACTION,
 ) -> SeriesPrediction:
     """Predict the phase of one series: sample -> decode in chunks -> network -> vote.
 
@@ -476,6 +582,8 @@ def predict_series(
         method: see :class:`PredictOptions`.
         chunk_size: slices per decode/network chunk.
         classify_all: also classify the slices that do not vote (evaluation: keeps every slice's probabilities).
+        second_look_below: see :class:`PredictOptions`.
+        second_look_fraction: see :class:`PredictOptions`.
 
     Returns:
         The :class:`SeriesPrediction`.
@@ -490,6 +598,8 @@ def predict_series(
         method=method,
         chunk_size=chunk_size,
         classify_all=classify_all,
+        second_look_below=second_look_below,
+        second_look_fraction=second_look_fraction,
     )
     for outcome in predict_many(model, [series], options=options):
         if outcome.exception is not None:
@@ -508,14 +618,17 @@ PREDICTION_CSV_COLUMNS: tuple[str, ...] = (
     "confidence",
     "n_slices",
     "n_sampled",
+    "second_look",
     *(f"p_{phase}" for phase in PHASES),
     "voting",
     "model_sha256",
     "error",
 )
-"""Columns of ``preds.csv``. ``p_*`` are the normalised mean probabilities (whatever the voting method); ``voting``
-is the rule that decided the phase (``head``, ``weighted``, ``majority`` or ``mean``); ``model_sha256`` is the
-sha256 of the model's weights (which model wrote the row)."""
+"""Columns of ``preds.csv``. ``n_sampled`` counts the slices that voted; ``second_look`` is 1 when the first vote was
+unsure and the series was voted again on a wider sample (``n_sampled`` is then that sample's size). ``p_*`` are
+the normalised mean probabilities (whatever the voting method); ``voting`` is the rule that decided the phase
+(``head``, ``weighted``, ``majority`` or ``mean``); ``model_sha256`` is the sha256 of the model's weights (which
+model wrote the row)."""
 
 SLICE_CSV_COLUMNS: tuple[str, ...] = (
     "series_instance_uid",
@@ -524,7 +637,8 @@ SLICE_CSV_COLUMNS: tuple[str, ...] = (
     "voted",
     *(f"p_{phase}" for phase in PHASES),
 )
-"""Columns of ``slices.csv``: one row per classified slice; ``voted`` is 1 for the slices in the R% sample."""
+"""Columns of ``slices.csv``: one row per classified slice; ``voted`` is 1 for the slices that voted (the R% sample,
+or the wider sample of a second look)."""
 
 
 def _fmt(value: float) -> str:
@@ -546,6 +660,7 @@ def prediction_row(outcome: SeriesOutcome, *, model_sha256: str = "") -> dict[st
     row["phase"] = prediction.phase
     row["confidence"] = _fmt(prediction.confidence)
     row["n_sampled"] = str(prediction.n_sampled)
+    row["second_look"] = "1" if prediction.second_look else "0"
     row["voting"] = prediction.vote.method
     for phase, p in zip(PHASES, prediction.vote.mean_probabilities, strict=True):
         row[f"p_{phase}"] = _fmt(p)

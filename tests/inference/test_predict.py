@@ -16,7 +16,13 @@ from backend.cli.predict import register
 from backend.ml.dicom import CorruptDicomError, NoSeriesError, load_slices, read_series, scan
 from backend.ml.network import Preset, build_manifest, create_network, load_model, save_model
 from backend.ml.phases import PHASES
-from backend.ml.predict import PREDICTION_CSV_COLUMNS, PredictOptions, predict_many, predict_series
+from backend.ml.predict import (
+    PREDICTION_CSV_COLUMNS,
+    PredictOptions,
+    predict_many,
+    predict_series,
+    second_look_threshold,
+)
 from backend.ml.sampling import sample_indices
 from backend.ml.series_head import SeriesHead
 from backend.ml.voting import head_features, vote
@@ -275,7 +281,9 @@ def test_a_model_with_a_series_head_votes_with_it_everywhere(
     expected = head.probabilities(head_features(voted, kind=head.features))
     assert prediction.phase == PHASES[int(expected.argmax())]
     assert prediction.confidence == pytest.approx(float(expected.max()), rel=1e-6)
-    assert predict_series(model, series, method="weighted").vote == vote(voted, method="weighted")
+    first = np.isin(prediction.slice_indices, sample_indices(40, series_uid=series.series_instance_uid))
+    weighted = vote(prediction.slice_probabilities[first], method="weighted")
+    assert predict_series(model, series, method="weighted").vote == weighted, "vote shares: no second look"
 
     preds, slices = tmp_path / "preds.csv", tmp_path / "slices.csv"
     argv = ["predict", str(root), "--model", str(headed_model_dir), "--out", str(preds), "--no-progress"]
@@ -310,3 +318,121 @@ def test_predict_cli_on_a_folder_without_series(tiny_model_dir, tmp_path):
     assert code == 1
     assert (tmp_path / "p.csv").read_text().startswith("series_instance_uid,")
     assert scan(tmp_path).series == ()
+
+
+def _unsure_head_model_dir(root):
+    """The tiny network with a head that gives every phase 1/4 whatever the slices say (always unsure)."""
+    preset = Preset(name="tiny", arch="test_efficientnet", image_size=32, windows=((50.0, 400.0), (40.0, 80.0)))
+    head = SeriesHead(
+        feature_mean=[0.0] * 4,
+        feature_scale=[1.0] * 4,
+        weights=[[0.0] * 4] * 4,
+        bias=[0.0] * 4,
+        c=1.0,
+        n_series=40,
+    )
+    model_dir = root / "unsure"
+    save_model(
+        model_dir,
+        network=create_network(preset),
+        manifest=build_manifest(preset, fingerprint="t", metrics={}, series_head=head),
+    )
+    return model_dir
+
+
+def test_an_unsure_head_vote_looks_again_at_a_wider_nested_sample(dataset, tmp_path):
+    root, uids = dataset
+    model = load_model(_unsure_head_model_dir(tmp_path), device="cpu")
+    series = read_series(root / "a")
+    first = sample_indices(40, series_uid=uids["a"])
+
+    once = predict_series(model, series, second_look_below=0.0)
+    assert (once.second_look, once.n_sampled) == (False, 12)
+    np.testing.assert_array_equal(once.slice_indices, first)
+
+    everything = predict_series(model, series, chunk_size=5)
+    assert everything.second_look and everything.vote.method == "head"
+    assert everything.n_sampled == 40
+    np.testing.assert_array_equal(everything.slice_indices, np.arange(40))
+    assert everything.voted.all()
+    # The first sample's slices are not classified again: their probabilities are the first look's.
+    np.testing.assert_allclose(everything.slice_probabilities[first], once.slice_probabilities, atol=1e-5)
+    images = load_slices(series, list(range(40)), windows=model.windows, image_size=32)
+    np.testing.assert_allclose(everything.slice_probabilities, model.predict_proba(images), atol=1e-5)
+
+    half = predict_series(model, series, second_look_fraction=0.5)
+    assert half.second_look and half.n_sampled == 20
+    np.testing.assert_array_equal(half.slice_indices, sample_indices(40, series_uid=uids["a"], fraction=0.5))
+    assert set(first.tolist()) <= set(half.slice_indices.tolist()), "the wider sample holds the first one"
+
+    # An evaluation run (every slice classified) votes on exactly the slices a plain run votes on.
+    evaluated = predict_series(model, series, second_look_fraction=0.5, classify_all=True)
+    assert evaluated.second_look and evaluated.n_sampled == 20
+    np.testing.assert_array_equal(evaluated.slice_indices[evaluated.voted], half.slice_indices)
+    assert evaluated.vote.phase == half.vote.phase
+    assert evaluated.confidence == pytest.approx(half.confidence, abs=1e-6)
+
+    short = predict_series(model, read_series(root / "b"))
+    assert (short.second_look, short.n_sampled) == (False, 5), "nothing more to read in a 5-slice series"
+
+
+def test_vote_share_rules_look_again_only_when_asked(model, dataset):
+    root, _ = dataset
+    series = read_series(root / "a")
+    assert second_look_threshold(None, rule="head") == 0.8
+    assert [second_look_threshold(None, rule=r) for r in ("weighted", "majority", "mean")] == [0.0] * 3
+    assert second_look_threshold(0.5, rule="majority") == 0.5
+    plain = predict_series(model, series, method="majority")
+    assert (plain.second_look, plain.n_sampled) == (False, 12)
+    # The mean probability of a 4-class output is below 1: a threshold of 1 looks again at every series.
+    asked = predict_series(model, series, method="mean", second_look_below=1.0, second_look_fraction=0.5)
+    assert (asked.second_look, asked.n_sampled) == (True, 20)
+
+
+def test_a_second_look_at_unreadable_slices_keeps_the_first_vote(dataset, tmp_path, caplog):
+    root, uids = dataset
+    model = load_model(_unsure_head_model_dir(tmp_path), device="cpu")
+    folder = tmp_path / "partly-truncated"
+    uid = write_ct_series(folder, n_slices=40, level_hu=60, seed=9)
+    series = read_series(folder)
+    first = set(sample_indices(40, series_uid=uid).tolist())
+    outside = next(i for i in range(40) if i not in first)
+    damaged = series.slices[outside].path
+    damaged.write_bytes(damaged.read_bytes()[:-200])  # cut short after the scan read its header
+    with caplog.at_level("WARNING", logger="backend.ml.predict"):
+        prediction = predict_series(model, series)
+    assert (prediction.second_look, prediction.n_sampled) == (False, 12)
+    assert "second look abandoned" in caplog.text
+    assert uid not in caplog.text, "no identifiers in the log"
+
+
+@pytest.mark.parametrize(
+    ("options", "message"),
+    [
+        ({"second_look_below": 1.5}, "second_look_below"),
+        ({"second_look_below": -0.1}, "second_look_below"),
+        ({"second_look_fraction": 0.0}, "second_look_fraction"),
+        ({"second_look_fraction": 1.2}, "second_look_fraction"),
+    ],
+)
+def test_second_look_options_are_checked(options, message):
+    with pytest.raises(ValueError, match=message):
+        PredictOptions(**options)
+
+
+def test_predict_cli_writes_the_second_look(dataset, tmp_path):
+    root, uids = dataset
+    model_dir = _unsure_head_model_dir(tmp_path)
+    rows = {}
+    for name, extra in (("default", []), ("never", ["--second-look-below", "0"])):
+        out = tmp_path / f"{name}.csv"
+        argv = ["predict", str(root), "--model", str(model_dir), "--out", str(out), "--no-progress", *extra]
+        assert _run_cli(argv) == 0
+        with out.open() as handle:
+            rows[name] = {row["series_instance_uid"]: row for row in csv.DictReader(handle)}
+    assert (rows["default"][uids["a"]]["second_look"], rows["default"][uids["a"]]["n_sampled"]) == ("1", "40")
+    assert (rows["never"][uids["a"]]["second_look"], rows["never"][uids["a"]]["n_sampled"]) == ("0", "12")
+    assert rows["default"][uids["b"]]["second_look"] == "0"
+    with pytest.raises(SystemExit) as refused:
+        _run_cli(["predict", str(root), "--model", str(model_dir), "--out", "x.csv", "--second-look-below", "2"])
+    assert refused.value.code == 2

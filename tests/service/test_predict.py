@@ -232,7 +232,27 @@ def test_the_service_votes_with_the_champion_series_head(
     assert [r["result"][0]["value"]["choices"] for r in results] == [["Others"], ["Others"]]
     _register(client, tiny_model_factory(1), promote=True)
     assert client.post("/predict", json=body).status_code == 200
-    assert [row.components["voting"] for row in _log_rows(settings)] == ["head", "head", "weighted", "weighted"]
+    rows = _log_rows(settings)
+    assert [row.components["voting"] for row in rows] == ["head", "head", "weighted", "weighted"]
+    assert [row.components["second_look"] for row in rows] == [False] * 4, "a sure head and vote shares: no second look"
+
+
+def test_the_service_looks_again_at_an_unsure_series(
+    client_factory: Callable[..., TestClient],
+    phantom_settings: Callable[..., Settings],
+    records: list[PhantomRecord],
+    tiny_model_factory: Callable[[int], Path],
+) -> None:
+    """CTPHASE_SECOND_LOOK_BELOW=1 makes every mean-probability vote unsure: each series is voted on all its slices."""
+    settings = phantom_settings(second_look_below=1.0, sample_fraction=0.1, min_slices=1, voting="mean")
+    client = client_factory(settings)
+    _register(client, tiny_model_factory(1), promote=True)
+    body = {"tasks": _tasks(records[:2]), "project": "9.1", "label_config": LABEL_CONFIG}
+    assert client.post("/predict", json=body).status_code == 200
+    rows = _log_rows(settings)
+    assert all(row.n_slices > 1 for row in rows), "a 10 % sample of these series leaves slices to look at again"
+    assert [row.components["second_look"] for row in rows] == [True, True]
+    assert [row.n_sampled for row in rows] == [row.n_slices for row in rows]
 
 
 def test_missing_champion_artifact_is_503(
