@@ -270,6 +270,7 @@ class PredictionTable:
         errors: uid -> error message for rows with an error.
         voting: the rules named in the ``voting`` column (empty for files written before it existed).
         models: the ``model_sha256`` values (empty likewise).
+        second_looks: rows whose ``second_look`` is 1 (voted again on a wider sample; 0 for older files).
     """
 
     uids: tuple[str, ...]
@@ -279,6 +280,7 @@ class PredictionTable:
     errors: dict[str, str]
     voting: frozenset[str] = frozenset()
     models: frozenset[str] = frozenset()
+    second_looks: int = 0
 
     def index(self) -> dict[str, int]:
         """uid -> row position."""
@@ -365,8 +367,10 @@ def read_predictions_csv(path: Path) -> PredictionTable:
     seen: set[str] = set()
     voting: set[str] = set()
     models: set[str] = set()
+    second_looks = 0
     for line, row in enumerate(rows, start=2):
         uid = row["series_instance_uid"].strip()
+        second_looks += (row.get("second_look") or "").strip() == "1"
         voting.add((row.get("voting") or "").strip())
         models.add((row.get("model_sha256") or "").strip())
         if uid in seen:
@@ -390,6 +394,7 @@ def read_predictions_csv(path: Path) -> PredictionTable:
         errors=errors,
         voting=frozenset(voting - {""}),
         models=frozenset(models - {""}),
+        second_looks=second_looks,
     )
 
 
@@ -1018,6 +1023,11 @@ def run_evaluation(
         example = predictions.errors[errored[0]]
         notes.append(f"{len(errored)} labelled series have an error instead of a phase (counted wrong), e.g. {example}")
 
+    if predictions.second_looks:
+        notes.append(
+            f"{predictions.second_looks} of {len(predictions.uids)} series were voted again on a wider sample (second "
+            "look) for the series-level results; the F1-versus-R curve re-votes fixed R% samples without one"
+        )
     series = series_level(labels, predictions, n_bootstrap=n_bootstrap, seed=seed)
     files: list[Path] = []
     sections = [format_table5(series), format_confusion(series)]

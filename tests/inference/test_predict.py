@@ -14,6 +14,7 @@ from pydicom.uid import CTImageStorage, ExplicitVRLittleEndian, JPEG2000Lossless
 
 from backend.cli.predict import register
 from backend.ml.dicom import CorruptDicomError, NoSeriesError, load_slices, read_series, scan
+from backend.ml.evaluate import run_evaluation
 from backend.ml.network import Preset, build_manifest, create_network, load_model, save_model
 from backend.ml.phases import PHASES
 from backend.ml.predict import (
@@ -351,7 +352,8 @@ def test_an_unsure_head_vote_looks_again_at_a_wider_nested_sample(dataset, tmp_p
     np.testing.assert_array_equal(once.slice_indices, first)
 
     everything = predict_series(model, series, chunk_size=5)
-    assert everything.second_look and everything.vote.method == "head"
+    assert everything.second_look
+    assert everything.vote.method == "head"
     assert everything.n_sampled == 40
     np.testing.assert_array_equal(everything.slice_indices, np.arange(40))
     assert everything.voted.all()
@@ -361,13 +363,13 @@ def test_an_unsure_head_vote_looks_again_at_a_wider_nested_sample(dataset, tmp_p
     np.testing.assert_allclose(everything.slice_probabilities, model.predict_proba(images), atol=1e-5)
 
     half = predict_series(model, series, second_look_fraction=0.5)
-    assert half.second_look and half.n_sampled == 20
+    assert (half.second_look, half.n_sampled) == (True, 20)
     np.testing.assert_array_equal(half.slice_indices, sample_indices(40, series_uid=uids["a"], fraction=0.5))
     assert set(first.tolist()) <= set(half.slice_indices.tolist()), "the wider sample holds the first one"
 
     # An evaluation run (every slice classified) votes on exactly the slices a plain run votes on.
     evaluated = predict_series(model, series, second_look_fraction=0.5, classify_all=True)
-    assert evaluated.second_look and evaluated.n_sampled == 20
+    assert (evaluated.second_look, evaluated.n_sampled) == (True, 20)
     np.testing.assert_array_equal(evaluated.slice_indices[evaluated.voted], half.slice_indices)
     assert evaluated.vote.phase == half.vote.phase
     assert evaluated.confidence == pytest.approx(half.confidence, abs=1e-6)
@@ -389,8 +391,7 @@ def test_vote_share_rules_look_again_only_when_asked(model, dataset):
     assert (asked.second_look, asked.n_sampled) == (True, 20)
 
 
-def test_a_second_look_at_unreadable_slices_keeps_the_first_vote(dataset, tmp_path, caplog):
-    root, uids = dataset
+def test_a_second_look_at_unreadable_slices_keeps_the_first_vote(tmp_path, caplog):
     model = load_model(_unsure_head_model_dir(tmp_path), device="cpu")
     folder = tmp_path / "partly-truncated"
     uid = write_ct_series(folder, n_slices=40, level_hu=60, seed=9)
@@ -433,6 +434,14 @@ def test_predict_cli_writes_the_second_look(dataset, tmp_path):
     assert (rows["default"][uids["a"]]["second_look"], rows["default"][uids["a"]]["n_sampled"]) == ("1", "40")
     assert (rows["never"][uids["a"]]["second_look"], rows["never"][uids["a"]]["n_sampled"]) == ("0", "12")
     assert rows["default"][uids["b"]]["second_look"] == "0"
+    labels = tmp_path / "labels.csv"
+    labels.write_text("series_instance_uid,phase\n" + "".join(f"{uid},others\n" for uid in uids.values()))
+    report = run_evaluation(
+        predictions_csv=tmp_path / "default.csv", labels_csv=labels, report_dir=tmp_path / "report", n_bootstrap=20
+    )
+    second_looks = sum(row["second_look"] == "1" for row in rows["default"].values())
+    assert second_looks >= 1
+    assert f"{second_looks} of 4 series were voted again on a wider sample" in report.text
     with pytest.raises(SystemExit) as refused:
         _run_cli(["predict", str(root), "--model", str(model_dir), "--out", "x.csv", "--second-look-below", "2"])
     assert refused.value.code == 2
