@@ -13,13 +13,14 @@ distinct patients and bolus draws. Training fits the series head (:mod:`backend.
 validation series plus the 400 head-only series of ``HEAD`` (other patients, never trained on; 46 s of phantoms and
 a few seconds of decoding and inference). 8.75 minutes end to end on a 2-core AMD EPYC (Zen 4), where the trainer
 measured channels_last faster (11.1 minutes there in the contiguous format; 10.9 on a 2-core Intel Xeon). Series
-macro F1 at R = 30 % with the head (``ctphase predict`` then ``ctphase evaluate``), 160 series per seed: 0.963 on
-fresh seed 101 and 0.937 / 0.956 / 0.956 on seeds 71 / 91 / 61 (the Zen 4 host's network). The network depends on
-the host's floating-point kernels: the Intel host's scored 0.943 / 0.950 / 0.968 on 71 / 91 / 61, 0.962 / 0.975 on
-41 / 31 and 0.969 on 81, where the previous starter (its head on the plain mean logits of the validation series
-alone) scored 0.936 / 0.948 on 71 / 61 and 0.956 / 0.956 on 41 / 31. Twice the
-patients (1,280 x 8, 2 slices per series per epoch) did not beat 640 x 8 with a head (measured before the head-only
-series, 17.7 vs 14.7 minutes on a slower host).
+macro F1 at R = 30 % with the head and its second look (``ctphase predict`` then ``ctphase evaluate``), 160 series
+per seed: 0.969 on fresh seed 111 and 0.975 / 0.962 / 0.956 / 0.956 on seeds 101 / 71 / 91 / 61 (the Zen 4 host's
+network; without the second look 0.950 and 0.963 / 0.937 / 0.956 / 0.956). The network depends on the host's
+floating-point kernels: the Intel host's scored 0.943 / 0.950 / 0.968 on 71 / 91 / 61 without the second look,
+0.962 / 0.975 on 41 / 31 and 0.969 on 81, where the previous starter (its head on the plain mean logits of the
+validation series alone) scored 0.936 / 0.948 on 71 / 61 and 0.956 / 0.956 on 41 / 31. Twice the patients (1,280 x
+8, 2 slices per series per epoch) did not beat 640 x 8 with a head (measured before the head-only series, 17.7 vs
+14.7 minutes on a slower host).
 """
 
 from __future__ import annotations
