@@ -36,8 +36,9 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
         "predict",
         help="predict the phase of every CT series under a folder",
         description=(
-            "Discover every CT series under PATH (headers only), read a random R%% of each series' slices (seeded "
-            "by the SeriesInstanceUID), classify them and vote. Writes one CSV row per series; a series that cannot "
+            "Discover every CT series under PATH (headers only), read a random R% of each series' slices (seeded "
+            "by the SeriesInstanceUID), classify them and vote; a series whose vote is unsure is voted again on a "
+            "wider sample (second look). Writes one CSV row per series; a series that cannot "
             "be read gets its error and an empty phase. p_* columns hold the normalised mean slice probabilities."
         ),
     )
