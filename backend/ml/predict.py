@@ -14,9 +14,10 @@ the per-slice probabilities of the whole series are kept in :attr:`SeriesPredict
 F1-versus-R curve can later be derived by sub-sampling them with :func:`~backend.ml.sampling.sample_indices` at each
 R, without running the network again.
 
-A **second look**: a series decided by its model's series head with a confidence below ``second_look_below`` (see
-:data:`~backend.ml.sampling.DEFAULT_SECOND_LOOK_BELOW`) is voted again on a wider nested sample
-(``second_look_fraction`` of its slices, all by default). The wider sample holds the first one, so only the new
+A **second look**: a series whose vote's confidence is below ``second_look_below`` (by default only a series decided
+by its model's series head, below :data:`~backend.ml.sampling.DEFAULT_SECOND_LOOK_BELOW`; see
+:func:`second_look_threshold`) is voted again on a wider nested sample (``second_look_fraction`` of its slices, all
+by default). The wider sample holds the first one, so only the new
 slices are decoded (none with ``classify_all``, which keeps evaluation runs and plain runs in agreement). The extra
 decoding runs on the consuming thread while the producer keeps decoding the next series. If a new slice cannot be
 read, the series keeps its first vote (logged); a network failure propagates as before.
