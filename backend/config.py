@@ -91,7 +91,7 @@ class Settings(BaseSettings):
         default=None,
         ge=0.0,
         le=1.0,
-        description="vote again on a wider sample below this confidence (unset: 0.8 for a series head, else never)",
+        description="vote again on a wider sample below this confidence (unset: 0.7 for a series head, else never)",
     )
     second_look_fraction: float = Field(default=DEFAULT_SECOND_LOOK_FRACTION, gt=0.0, le=1.0)
     voting: VotingChoice = DEFAULT_VOTING

@@ -2,7 +2,8 @@
 
 For the same phantom test series (uncompressed, and JPEG 2000 lossless copies of the same series), prints:
 
-- 2D ``cpu`` preset at R = 30% (the serving default), 2D ``cpu`` on all slices (R = 100%),
+- 2D ``cpu`` preset at R = 30% (the serving default, with its second look at unsure series), the same without the
+  second look (the paper's single sample), 2D ``cpu`` on all slices (R = 100%),
 - 2D ``paper`` preset (efficientnet_b2 @ 224) at R = 30%: trained if you pass one, else an untrained network of the
   right architecture (timing only; its F1 is not meaningful and is marked so),
 - the 3D SE-CNN baseline on the whole volume resized to 32x128x128 (bench/baseline3d.py),
@@ -210,11 +211,21 @@ def _macro_f1(true: Sequence[int], pred: Sequence[int]) -> float:
     return float(scores_from_confusion(confusion_matrix(np.asarray(true), np.asarray(pred)))["macro_f1"])
 
 
-def run_2d(model: Any, data: TestSet, *, fraction: float, min_slices: int, name: str, trained: bool) -> Run:
+def run_2d(
+    model: Any,
+    data: TestSet,
+    *,
+    fraction: float,
+    min_slices: int,
+    name: str,
+    trained: bool,
+    second_look_below: float | None = None,
+) -> Run:
+    """One streamed 2D pipeline over ``data``; ``second_look_below`` None is the serving default (see predict)."""
     from backend.ml.predict import PredictOptions, predict_many
 
     evict(data.folders)
-    options = PredictOptions(sample_fraction=fraction, min_slices=min_slices)
+    options = PredictOptions(sample_fraction=fraction, min_slices=min_slices, second_look_below=second_look_below)
     started, cpu_started = time.perf_counter(), time.process_time()
     outcomes = list(predict_many(model, list(data.folders), options=options))
     seconds, cpu_seconds = time.perf_counter() - started, time.process_time() - cpu_started
@@ -299,6 +310,8 @@ def run_all(args: argparse.Namespace, sets: Sequence[TestSet]) -> list[Run]:
         for _ in range(args.repeats):
             runs.append(run_3d(network3d, data))
             runs.append(run_2d(cpu, data, fraction=0.3, min_slices=8, name=f"2D cpu {cpu_name}, R=30%", trained=True))
+            single = f"2D cpu {cpu_name}, R=30%, no second look"
+            runs.append(run_2d(cpu, data, fraction=0.3, min_slices=8, name=single, trained=True, second_look_below=0.0))
             runs.append(
                 run_2d(cpu, data, fraction=1.0, min_slices=1, name=f"2D cpu {cpu_name}, all slices", trained=True)
             )
@@ -307,7 +320,7 @@ def run_all(args: argparse.Namespace, sets: Sequence[TestSet]) -> list[Run]:
                     paper, data, fraction=0.3, min_slices=8, name=f"2D paper {paper_name}, R=30%", trained=paper_trained
                 )
             )
-            for run in runs[-4:]:
+            for run in runs[-5:]:
                 log(
                     f"  {run.data:<12} {run.pipeline:<48} F1 {run.macro_f1:.3f}  {run.seconds_per_series:.3f} s/series"
                     f" ({run.cpu_seconds_per_series:.3f} CPU s/series)"
@@ -377,6 +390,15 @@ def verdict(runs: Sequence[Run]) -> str:
     )
 
 
+def _allocator(preload: str) -> str:
+    """The allocator this process runs with: a preloaded library counts only if it exists (else ld.so ignored it)."""
+    loaded = [entry for entry in preload.replace(":", " ").split() if Path(entry).is_file()]
+    for name in ("tcmalloc", "jemalloc"):
+        if any(name in entry for entry in loaded):
+            return name
+    return "glibc malloc"
+
+
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="python -m bench.classifier", description=__doc__.split("\n")[0])
     parser.add_argument("--work", type=Path, default=Path("/tmp/ctphase-bench"), help="where missing data/models go")
@@ -421,8 +443,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.mixed_data is not None:
         sets.append(load_test_set(args.mixed_data, "mixed"))
     slices = np.asarray(sets[0].n_slices)
-    preload = os.environ.get("LD_PRELOAD", "")
-    allocator = "tcmalloc" if "tcmalloc" in preload else "jemalloc" if "jemalloc" in preload else "glibc malloc"
+    allocator = _allocator(os.environ.get("LD_PRELOAD", ""))
     header = (
         f"\n{len(slices)} test series ({slices.min()}-{slices.max()} slices, mean {slices.mean():.0f}); "
         f"torch {torch.__version__}, {args.threads} threads, {allocator}; seconds are end to end "

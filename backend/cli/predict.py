@@ -61,7 +61,7 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
         default=None,
         metavar="CONFIDENCE",
         help="vote again on a wider sample (--second-look-fraction) when the first vote's confidence is below this; "
-        "0 never (the paper's single sample); default: 0.8 for series decided by a series head, never for the "
+        "0 never (the paper's single sample); default: 0.7 for series decided by a series head, never for the "
         "vote-share rules",
     )
     predict.add_argument(

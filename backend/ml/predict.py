@@ -17,10 +17,10 @@ R, without running the network again.
 A **second look**: a series whose vote's confidence is below ``second_look_below`` (by default only a series decided
 by its model's series head, below :data:`~backend.ml.sampling.DEFAULT_SECOND_LOOK_BELOW`; see
 :func:`second_look_threshold`) is voted again on a wider nested sample (``second_look_fraction`` of its slices, all
-by default). The wider sample holds the first one, so only the new
-slices are decoded (none with ``classify_all``, which keeps evaluation runs and plain runs in agreement). The extra
-decoding runs on the consuming thread while the producer keeps decoding the next series. If a new slice cannot be
-read, the series keeps its first vote (logged); a network failure propagates as before.
+by default). The wider sample holds the first one, so only the new slices are decoded (none with ``classify_all``,
+which keeps evaluation runs and plain runs in agreement); a helper thread decodes the next chunk of them while the
+network runs on the current one. If a new slice cannot be read, the series keeps its first vote (logged); a network
+failure propagates as before.
 """
 
 from __future__ import annotations
@@ -31,6 +31,7 @@ import queue
 import threading
 import time
 from collections.abc import Iterable, Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -51,6 +52,7 @@ from backend.ml.voting import DEFAULT_VOTING, SeriesVote, VotingChoice, VotingMe
 if TYPE_CHECKING:
     from backend.ml.dicom import SeriesInfo
     from backend.ml.network import LoadedModel
+    from backend.ml.series_head import SeriesHead
 
 logger = logging.getLogger(__name__)
 
@@ -187,7 +189,7 @@ def second_look_threshold(below: float | None, *, rule: VotingMethod) -> float:
     Args:
         below: an explicit threshold (any rule), or None for the default: :data:`DEFAULT_SECOND_LOOK_BELOW` when
             the series head decides, 0 for ``weighted``, ``majority`` and ``mean``, whose confidences are vote
-            shares that a 4-class slice vote rarely takes above 0.8.
+            shares that a 4-class slice vote rarely takes above 0.7.
         rule: the voting rule that decides (after ``auto`` is resolved).
     """
     if below is not None:
@@ -430,47 +432,75 @@ class _Read:
     voted: NDArray[Any]  # bool [k], the slices that vote
 
 
-def _second_look(
-    start: _SeriesStart, read: _Read, *, model: LoadedModel, decoder: _Decoder, options: PredictOptions
-) -> _Read | None:
-    """``read`` widened to the second-look sample, decoding only the slices not yet classified.
+class _SecondLook:
+    """Widens the read of unsure series on the consuming thread.
 
-    Returns:
-        The widened read, or None when the wider sample adds no slice or one of its new slices cannot be read (the
-        series then keeps its first vote; the failure is logged without identifiers).
+    The next chunk of new slices is decoded on a helper thread while the network runs on the current one (meanwhile
+    the producer is usually blocked on its full queue, so its core is free).
     """
-    series = start.series
-    wider = sample_indices(
-        series.n_slices,
-        series_uid=series.series_instance_uid,
-        fraction=max(options.second_look_fraction, options.sample_fraction),
-        min_slices=options.min_slices,
-    )
-    if wider.shape[0] <= int(read.voted.sum()):
-        return None
-    new = np.setdiff1d(wider, read.classified, assume_unique=True)
-    rows = [read.probabilities]
-    for begin in range(0, new.shape[0], options.chunk_size):
-        try:
-            images = decoder.load(series, new[begin : begin + options.chunk_size].tolist())
-        except Exception as exc:  # a reading failure of the new slices: the first vote stands
-            logger.warning("second look abandoned, the first vote stands: %s", type(exc).__name__)
+
+    def __init__(self, model: LoadedModel, options: PredictOptions) -> None:
+        self._model = model
+        self._options = options
+        self._decoder = _Decoder.for_model(model, chunk_size=options.chunk_size)
+        self._pool: ThreadPoolExecutor | None = None
+
+    def close(self) -> None:
+        """Stop the helper thread (after its current chunk)."""
+        if self._pool is not None:
+            self._pool.shutdown(wait=True, cancel_futures=True)
+            self._pool = None
+
+    def widen(self, series: SeriesInfo, read: _Read) -> _Read | None:
+        """``read`` widened to the second-look sample, decoding only the slices not yet classified.
+
+        Returns:
+            The widened read, or None when the wider sample adds no slice or one of its new slices cannot be read
+            (the series then keeps its first vote; the failure is logged without identifiers).
+        """
+        options = self._options
+        wider = sample_indices(
+            series.n_slices,
+            series_uid=series.series_instance_uid,
+            fraction=max(options.second_look_fraction, options.sample_fraction),
+            min_slices=options.min_slices,
+        )
+        if wider.shape[0] <= int(read.voted.sum()):
             return None
-        rows.append(np.asarray(model.predict_proba(images), dtype=np.float32))
-    classified = np.concatenate([read.classified, new])
-    order = np.argsort(classified, kind="stable")
-    return _Read(
-        classified=classified[order],
-        probabilities=np.concatenate(rows, axis=0)[order],
-        voted=np.isin(classified[order], wider),
-    )
+        new = np.setdiff1d(wider, read.classified, assume_unique=True)
+        chunks = [new[b : b + options.chunk_size].tolist() for b in range(0, new.shape[0], options.chunk_size)]
+        rows = [read.probabilities]
+        if chunks:
+            if self._pool is None:
+                self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="ctphase-second-look")
+            pending = self._pool.submit(self._decoder.load, series, chunks[0])
+            for following in [*chunks[1:], None]:
+                try:
+                    images = pending.result()
+                except Exception as exc:  # a reading failure of the new slices: the first vote stands
+                    logger.warning("second look abandoned, the first vote stands: %s", type(exc).__name__)
+                    return None
+                if following is not None:  # the decoder's buffers are free again: its output is a fresh array
+                    pending = self._pool.submit(self._decoder.load, series, following)
+                rows.append(np.asarray(self._model.predict_proba(images), dtype=np.float32))
+        classified = np.concatenate([read.classified, new])
+        order = np.argsort(classified, kind="stable")
+        return _Read(
+            classified=classified[order],
+            probabilities=np.concatenate(rows, axis=0)[order],
+            voted=np.isin(classified[order], wider),
+        )
 
 
 def _finish(
-    start: _SeriesStart, probs: list[NDArray[Any]], *, model: LoadedModel, decoder: _Decoder, options: PredictOptions
+    start: _SeriesStart,
+    probs: list[NDArray[Any]],
+    *,
+    head: SeriesHead | None,
+    second: _SecondLook,
+    options: PredictOptions,
 ) -> SeriesOutcome:
     series = start.series
-    head = model.manifest.series_head
     slice_probs = np.concatenate(probs, axis=0) if probs else _empty_probs()
     if slice_probs.shape[0] != start.classified.shape[0]:
         raise RuntimeError(
@@ -481,7 +511,7 @@ def _finish(
     series_vote = vote(read.probabilities[read.voted], method=options.method, head=head)
     wider = None
     if series_vote.confidence < second_look_threshold(options.second_look_below, rule=series_vote.method):
-        wider = _second_look(start, read, model=model, decoder=decoder, options=options)
+        wider = second.widen(series, read)
     if wider is not None:
         read = wider
         series_vote = vote(read.probabilities[read.voted], method=options.method, head=head)
@@ -532,7 +562,7 @@ def predict_many(
     options = options or PredictOptions()
     resolve_voting(options.method, model.manifest.series_head)
     producer = _Producer(sources, options=options, decoder=_Decoder.for_model(model, chunk_size=options.chunk_size))
-    second_look_decoder = _Decoder.for_model(model, chunk_size=options.chunk_size)
+    second = _SecondLook(model, options)
     producer.start()
     current: _SeriesStart | None = None
     probs: list[NDArray[Any]] = []
@@ -550,13 +580,14 @@ def predict_many(
             elif isinstance(message, _SeriesEnd):
                 if current is None or current.key != message.key:
                     raise RuntimeError("decode stream out of order: series end without its start")
-                yield _finish(current, probs, model=model, decoder=second_look_decoder, options=options)
+                yield _finish(current, probs, head=model.manifest.series_head, second=second, options=options)
                 current, probs = None, []
             else:
                 current, probs = None, []
                 yield _outcome_error(message)
     finally:
         producer.stop()
+        second.close()
 
 
 def predict_series(

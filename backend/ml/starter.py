@@ -14,7 +14,7 @@ validation series plus the 400 head-only series of ``HEAD`` (other patients, nev
 a few seconds of decoding and inference). 8.75 minutes end to end on a 2-core AMD EPYC (Zen 4), where the trainer
 measured channels_last faster (11.1 minutes there in the contiguous format; 10.9 on a 2-core Intel Xeon). Series
 macro F1 at R = 30 % with the head and its second look (``ctphase predict`` then ``ctphase evaluate``), 160 series
-per seed: 0.969 on fresh seed 111 and 0.975 / 0.962 / 0.956 / 0.956 on seeds 101 / 71 / 91 / 61 (the Zen 4 host's
+per seed: 0.969 on fresh seed 111 and 0.975 / 0.956 / 0.956 / 0.962 on seeds 101 / 71 / 91 / 61 (the Zen 4 host's
 network; without the second look 0.950 and 0.963 / 0.937 / 0.956 / 0.956). The network depends on the host's
 floating-point kernels: the Intel host's scored 0.943 / 0.950 / 0.968 on 71 / 91 / 61 without the second look,
 0.962 / 0.975 on 41 / 31 and 0.969 on 81, where the previous starter (its head on the plain mean logits of the

@@ -24,7 +24,7 @@ from backend.ml.predict import (
     predict_series,
     second_look_threshold,
 )
-from backend.ml.sampling import sample_indices
+from backend.ml.sampling import DEFAULT_SECOND_LOOK_BELOW, sample_indices
 from backend.ml.series_head import SeriesHead
 from backend.ml.voting import head_features, vote
 
@@ -381,7 +381,7 @@ def test_an_unsure_head_vote_looks_again_at_a_wider_nested_sample(dataset, tmp_p
 def test_vote_share_rules_look_again_only_when_asked(model, dataset):
     root, _ = dataset
     series = read_series(root / "a")
-    assert second_look_threshold(None, rule="head") == 0.8
+    assert second_look_threshold(None, rule="head") == DEFAULT_SECOND_LOOK_BELOW > 0.0
     assert [second_look_threshold(None, rule=r) for r in ("weighted", "majority", "mean")] == [0.0] * 3
     assert second_look_threshold(0.5, rule="majority") == 0.5
     plain = predict_series(model, series, method="majority")
