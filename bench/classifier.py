@@ -29,7 +29,8 @@ Missing pieces are created on demand (times are printed):
 - 3D baseline: ``python -m bench.baseline3d train`` (same conditions: 5 min to read the 160 volumes, 19 min for
   12 epochs).
 
-Usage (from the repository root; tcmalloc is optional and only affects this process)::
+Usage (from the repository root; tcmalloc is optional and only affects this process; Debian/Ubuntu package
+``libtcmalloc-minimal4``)::
 
     LD_PRELOAD=/lib/x86_64-linux-gnu/libtcmalloc_minimal.so.4 \
         .venv/bin/python -m bench.classifier --work /tmp/ctphase-bench [--cpu-model DIR] [--paper-model DIR]

@@ -507,7 +507,9 @@ def _finish(
             f"series {series.series_instance_uid}: the network returned {slice_probs.shape[0]} rows for "
             f"{start.classified.shape[0]} slices"
         )
-    read = _Read(classified=start.classified, probabilities=slice_probs.astype(np.float32), voted=start.voted)
+    read = _Read(
+        classified=start.classified, probabilities=slice_probs.astype(np.float32, copy=False), voted=start.voted
+    )
     series_vote = vote(read.probabilities[read.voted], method=options.method, head=head)
     wider = None
     if series_vote.confidence < second_look_threshold(options.second_look_below, rule=series_vote.method):
