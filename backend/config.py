@@ -24,7 +24,12 @@ from typing import Annotated, Any, Final, Literal
 from pydantic import Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
-from backend.ml.sampling import DEFAULT_FRACTION, DEFAULT_MIN_SLICES, DEFAULT_SECOND_LOOK_FRACTION
+from backend.ml.sampling import (
+    DEFAULT_FRACTION,
+    DEFAULT_MIN_SLICES,
+    DEFAULT_SECOND_LOOK_BELOW,
+    DEFAULT_SECOND_LOOK_FRACTION,
+)
 from backend.ml.voting import DEFAULT_VOTING, VotingChoice
 
 DEFAULT_SECRET: Final[str] = "changethis"  # noqa: S105  (the refused development default)
@@ -91,7 +96,8 @@ class Settings(BaseSettings):
         default=None,
         ge=0.0,
         le=1.0,
-        description="vote again on a wider sample below this confidence (unset: 0.7 for a series head, else never)",
+        description=f"vote again on a wider sample below this confidence (unset: {DEFAULT_SECOND_LOOK_BELOW} for a "
+        "series head, else never)",
     )
     second_look_fraction: float = Field(default=DEFAULT_SECOND_LOOK_FRACTION, gt=0.0, le=1.0)
     voting: VotingChoice = DEFAULT_VOTING

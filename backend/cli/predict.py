@@ -30,6 +30,7 @@ def _positive_int(text: str) -> int:
 
 def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     """Add the ``predict`` and ``evaluate`` subcommands."""
+    from backend.ml.sampling import DEFAULT_SECOND_LOOK_BELOW
     from backend.ml.voting import DEFAULT_VOTING, VOTING_CHOICES
 
     predict = subparsers.add_parser(
@@ -61,8 +62,8 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
         default=None,
         metavar="CONFIDENCE",
         help="vote again on a wider sample (--second-look-fraction) when the first vote's confidence is below this; "
-        "0 never (the paper's single sample); default: 0.7 for series decided by a series head, never for the "
-        "vote-share rules",
+        f"0 never (the paper's single sample); default: {DEFAULT_SECOND_LOOK_BELOW} for series decided by a series "
+        "head, never for the vote-share rules",
     )
     predict.add_argument(
         "--second-look-fraction",
